@@ -57,6 +57,7 @@ SMOKE = [
     "dpo.steps=2", "dpo.batch_size=4", "model.text_hidden=32", "model.vision_hidden=32",
     "model.text_intermediate=64", "model.vision_intermediate=64", "generation.max_new_tokens=8",
     "sampling.max_new_tokens=8", "sampling.samples_per_prompt=1", "eval_limit=8",
+    "vision_warmup.steps=2", "vision_warmup.batch_size=4",
 ]  # fmt: skip
 
 
@@ -69,7 +70,8 @@ def test_demo_smoke_end_to_end(tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
     for group in ("sft", "dpo", "control"):
-        assert {"chair_i", "chair_s", "pope_f1", "object_recall"} <= set(m[group])
+        assert {"chair_i", "chair_s", "pope_f1", "object_recall", "image_nll_gap"} <= set(m[group])
+    assert "vision_warmup" in m["timing_s"] and (out / "warm_model" / "config.json").is_file()
     assert m["seed"] == 3 and m["pairs"]["sampled"] == 8
     page = (out / "report.html").read_text()
     assert len(re.findall(r"data:image/png;base64,", page)) == 4  # bars, SFT, DPO and control curves

@@ -4,7 +4,8 @@ answers removes it, and a same-budget SFT control shows how much of that is pref
 The recipe reads top to bottom (:func:`run_demo`):
 
 1. generate the Shapes benchmark (captions of images with a red circle often add a "blue square");
-2. build a tiny LLaVA and SFT it on the biased captions + yes/no questions → it hallucinates;
+2. build a tiny LLaVA, optionally warm up its vision tower on object presence (``vision_warmup``;
+   without it the random-init tower leaves SFT image-blind), and SFT it on the biased captions + yes/no questions → it hallucinates;
 3. sample the SFT model on training prompts, correct each answer with the ground-truth verifier
    (chosen = corrected answer, rejected = its own answer: on-policy RLHF-V style pairs);
 4. DPO from the SFT model on those pairs;
@@ -33,9 +34,10 @@ from vlalign.data.shapes.generate import ShapesConfig
 from vlalign.evaluation.evaluate import EvalConfig
 from vlalign.evaluation.generate import GenerationConfig
 from vlalign.experiments.common import StageClock, start_experiment
+from vlalign.experiments.vision_warmup import VisionWarmupConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
-KEYS = ["chair_i", "chair_s", "object_recall", "bias_rate", "pope_f1", "pope_accuracy", "pope_adversarial_f1",
+KEYS = ["image_nll_gap", "chair_i", "chair_s", "object_recall", "bias_rate", "pope_f1", "pope_accuracy", "pope_adversarial_f1",
         "pope_yes_ratio", "answer_length", "distinct_2"]  # fmt: skip
 
 
@@ -87,6 +89,8 @@ class DemoConfig(BaseConfig):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch's default")
     model: ModelSize = Field(default_factory=ModelSize)
     data: ShapesConfig = Field(default_factory=lambda: ShapesConfig(n_train=3000, n_eval=300, n_safety=0, n_safety_eval=0))
+    vision_warmup: VisionWarmupConfig = Field(default_factory=VisionWarmupConfig)
+    gap_rows: int = Field(64, ge=0, description="held-out caption rows for the own-vs-swapped image NLL gap (0 = skip)")
     sft: Stage = Field(default_factory=lambda: Stage(steps=300, learning_rate=1e-3, warmup_steps=20))
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     dpo: DPOStage = Field(default_factory=lambda: DPOStage(steps=60, learning_rate=2e-4))
@@ -143,6 +147,12 @@ def evaluate_dir(model_dir: Path, data_dir: Path, out: Path, cfg: DemoConfig) ->
     ecfg = EvalConfig(tasks=cfg.eval_tasks, limit=cfg.eval_limit, seed=cfg.seed, generation=cfg.generation)
     loaded = load_model(ModelConfig(name_or_path=str(model_dir)))
     metrics, ctx = evaluate(loaded.model, loaded.processor, data_dir, ecfg)
+    if cfg.gap_rows >= 2:  # does the model read the picture? (blind: gap ≈ 0)
+        from vlalign.evaluation.evaluate import read_records
+        from vlalign.experiments.vision_warmup import image_nll_gap
+
+        rows = absolute_images(read_records(data_dir / "eval_captions.jsonl", cfg.gap_rows), data_dir)
+        metrics.update(image_nll_gap(loaded.model, loaded.processor, rows))
     write_outputs(out, metrics, ctx, {"model": str(model_dir), "data": str(data_dir)})
     return metrics
 
@@ -232,6 +242,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, log: Any = print) -> dict[str
     from vlalign.data.shapes.generate import generate_shapes
     from vlalign.evaluation.evaluate import read_records
     from vlalign.experiments.onpolicy import sample_onpolicy_pairs
+    from vlalign.experiments.vision_warmup import warm_up_vision
     from vlalign.models.load import ModelConfig, load_model
     from vlalign.trainers.dpo import train_dpo
     from vlalign.trainers.sft import train_sft
@@ -249,6 +260,12 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, log: Any = print) -> dict[str
     t0 = time.perf_counter()
     base = build_model(cfg, out / "base_model")
     sft_rows = absolute_images(read_records(data / "sft.jsonl"), data)
+    stage("model", t0)
+    if cfg.vision_warmup.steps > 0:  # training scenes only: the SFT rows' ground truth
+        t0 = time.perf_counter()
+        base, _ = warm_up_vision(base, sft_rows, cfg.vision_warmup, out / "warm_model", cfg.seed, log)
+        stage("vision_warmup", t0)
+    t0 = time.perf_counter()
     train_sft(train_config("sft", cfg.sft, base, data / "sft.jsonl", out / "sft", cfg.seed), sft_rows)
     sft_model = out / "sft" / "final"
     stage("sft", t0)
