@@ -90,6 +90,9 @@ class DemoConfig(BaseConfig):
     model: ModelSize = Field(default_factory=ModelSize)
     data: ShapesConfig = Field(default_factory=lambda: ShapesConfig(n_train=3000, n_eval=300, n_safety=0, n_safety_eval=0))
     vision_warmup: VisionWarmupConfig = Field(default_factory=VisionWarmupConfig)
+    freeze: list[str] = Field(
+        default_factory=list, description="model parts fixed in SFT/DPO/control (e.g. [vision_tower] after the warm-up)"
+    )
     gap_rows: int = Field(64, ge=0, description="held-out caption rows for the own-vs-swapped image NLL gap (0 = skip)")
     sft: Stage = Field(default_factory=lambda: Stage(steps=300, learning_rate=1e-3, warmup_steps=20))
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
@@ -127,12 +130,14 @@ def absolute_images(records: list[Any], base: Path) -> list[Any]:
     return records
 
 
-def train_config(kind: str, stage: Stage, model_dir: Path, data_file: Path, out: Path, seed: int, **extra: Any) -> Any:
+def train_config(
+    kind: str, stage: Stage, model_dir: Path, data_file: Path, out: Path, seed: int, freeze: list[str] | None = None, **extra: Any
+) -> Any:
     from vlalign.trainers.configs import DPOConfig, SFTConfig
 
     cls = {"sft": SFTConfig, "dpo": DPOConfig}[kind]
     return cls(
-        output_dir=str(out), seed=seed, model={"name_or_path": str(model_dir)},
+        output_dir=str(out), seed=seed, model={"name_or_path": str(model_dir), "freeze": list(freeze or [])},
         data={"train": str(data_file), "max_length": 160},
         per_device_batch_size=stage.batch_size, max_steps=stage.steps, learning_rate=stage.learning_rate,
         warmup_steps=stage.warmup_steps, lr_scheduler=stage.lr_scheduler, progress=False, save_merged=False,
@@ -236,21 +241,15 @@ def write_report(out: Path, m: dict[str, dict[str, float]], v: dict[str, Any], c
 # ------------------------------------------------------------------------------------------ recipe
 
 
-def run_demo(cfg: DemoConfig, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
-    """The whole demo; returns (and writes) ``metrics.json``'s content."""
+def build_sft_base(cfg: DemoConfig, out: Path, stage: StageClock, log: Any = print) -> tuple[Path, Path]:
+    """Shapes data → random tiny model → (vision warm-up) → SFT; returns (data dir, SFT model dir).
 
+    Shared by the demo and the experiments (kl-sweep, dpo-vs-rl), so they all start from the same recipe.
+    """
     from vlalign.data.shapes.generate import generate_shapes
     from vlalign.evaluation.evaluate import read_records
-    from vlalign.experiments.onpolicy import sample_onpolicy_pairs
     from vlalign.experiments.vision_warmup import warm_up_vision
-    from vlalign.models.load import ModelConfig, load_model
-    from vlalign.trainers.dpo import train_dpo
     from vlalign.trainers.sft import train_sft
-
-    out = start_experiment(cfg.threads, out_dir)
-    stage = StageClock("demo", log)
-    timing = stage.timing
-    t_all = time.perf_counter()
 
     t0 = time.perf_counter()
     data = out / "data"
@@ -266,9 +265,26 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, log: Any = print) -> dict[str
         base, _ = warm_up_vision(base, sft_rows, cfg.vision_warmup, out / "warm_model", cfg.seed, log)
         stage("vision_warmup", t0)
     t0 = time.perf_counter()
-    train_sft(train_config("sft", cfg.sft, base, data / "sft.jsonl", out / "sft", cfg.seed), sft_rows)
-    sft_model = out / "sft" / "final"
+    train_sft(train_config("sft", cfg.sft, base, data / "sft.jsonl", out / "sft", cfg.seed, cfg.freeze), sft_rows)
     stage("sft", t0)
+    return data, out / "sft" / "final"
+
+
+def run_demo(cfg: DemoConfig, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
+    """The whole demo; returns (and writes) ``metrics.json``'s content."""
+
+    from vlalign.evaluation.evaluate import read_records
+    from vlalign.experiments.onpolicy import sample_onpolicy_pairs
+    from vlalign.models.load import ModelConfig, load_model
+    from vlalign.trainers.dpo import train_dpo
+    from vlalign.trainers.sft import train_sft
+
+    out = start_experiment(cfg.threads, out_dir)
+    stage = StageClock("demo", log)
+    timing = stage.timing
+    t_all = time.perf_counter()
+
+    data, sft_model = build_sft_base(cfg, out, stage, log)
 
     t0 = time.perf_counter()
     captions = [r for r in read_records(data / "sft.jsonl") if r.meta.get("task") == "caption"][: cfg.sampling.n_prompts]
@@ -289,12 +305,12 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, log: Any = print) -> dict[str
 
     t0 = time.perf_counter()
     d = cfg.dpo
-    train_dpo(train_config("dpo", d, sft_model, pair_file, out / "dpo", cfg.seed, loss=d.loss, beta=d.beta,
+    train_dpo(train_config("dpo", d, sft_model, pair_file, out / "dpo", cfg.seed, cfg.freeze, loss=d.loss, beta=d.beta,
                            sft_weight=d.sft_weight), pairs)  # fmt: skip
     stage("dpo", t0)
     if cfg.run_control:
         t0 = time.perf_counter()
-        train_sft(train_config("sft", d, sft_model, pair_file, out / "control", cfg.seed), pairs)
+        train_sft(train_config("sft", d, sft_model, pair_file, out / "control", cfg.seed, cfg.freeze), pairs)
         stage("control", t0)
 
     t0 = time.perf_counter()

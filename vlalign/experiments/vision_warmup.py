@@ -28,6 +28,7 @@ class VisionWarmupConfig(BaseConfig):
     steps: int = Field(0, ge=0, description="optimizer steps of object-presence training (0 = off)")
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(30, ge=0, description="linear warm-up, then cosine decay to 0 over `steps`")
 
 
 def scene_rows(records: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -122,6 +123,9 @@ def warm_up_vision(
     )
     head = torch.nn.Linear(model.config.text_config.hidden_size, len(types))
     opt = torch.optim.AdamW(trained + list(head.parameters()), lr=cfg.learning_rate, weight_decay=0.0)
+    from transformers import get_cosine_schedule_with_warmup
+
+    sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps), cfg.steps)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     losses: list[float] = []
@@ -132,6 +136,7 @@ def warm_up_vision(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
+        sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if (step + 1) % 50 == 0 or step + 1 == cfg.steps:

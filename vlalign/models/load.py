@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from vlalign.config import BaseConfig
 
@@ -50,6 +50,22 @@ class ModelConfig(BaseConfig):
     trust_remote_code: bool = False
     chat_template: str | None = Field(None, description="Jinja chat template to use when the processor has none")
     revision: str | None = None
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="parts kept fixed during training: vision_tower | projector | language_model (vlalign.models.freeze)",
+    )
+
+    @field_validator("freeze")
+    @classmethod
+    def _known_parts(cls, v: list[str]) -> list[str]:
+        from vlalign.models.freeze import MODEL_PARTS
+
+        for part in v:
+            try:
+                MODEL_PARTS.get(part)
+            except KeyError as exc:  # pydantic reports ValueErrors with the field's location
+                raise ValueError(exc.args[0]) from None
+        return v
 
 
 @dataclass
@@ -254,6 +270,10 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         kwargs["quantization_config"] = _quantization_config(cfg)
         kwargs["device_map"] = {"": 0}
     model = AutoModelForImageTextToText.from_pretrained(cfg.name_or_path, **kwargs)
+    if cfg.freeze:
+        from vlalign.models.freeze import freeze_parts
+
+        freeze_parts(model, cfg.freeze)
     if cfg.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
