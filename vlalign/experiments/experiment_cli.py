@@ -49,12 +49,14 @@ def reward_sources(
 
 
 def _register_kl_sweep_and_dpo_vs_rl() -> None:
-    """`kl-sweep` and `dpo-vs-rl` (their modules import no torch at import time, so --help stays fast)."""
+    """`kl-sweep`, `dpo-vs-rl` and `safe-rlhf` (their modules import no torch at import time, so --help stays fast)."""
     from vlalign.experiments.dpo_vs_rl import dpo_vs_rl_command
     from vlalign.experiments.kl_sweep import kl_sweep_command
+    from vlalign.experiments.safe_rlhf import safe_rlhf_command
 
     experiment_app.command("kl-sweep")(kl_sweep_command)
     experiment_app.command("dpo-vs-rl")(dpo_vs_rl_command)
+    experiment_app.command("safe-rlhf")(safe_rlhf_command)
 
 
 _register_kl_sweep_and_dpo_vs_rl()

@@ -1,0 +1,88 @@
+"""`vlalign experiment safe-rlhf` end to end at toy sizes (the CLI, files, keys, rates in [0, 1], a
+second run reusing the first one's SFT model); the full recipe with issue #7's target is @slow."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TOY = {
+    "seeds": [0],
+    "model": {"text_hidden": 32, "text_layers": 1, "text_heads": 2, "text_intermediate": 64,
+              "vision_hidden": 32, "vision_layers": 1, "vision_heads": 2, "vision_intermediate": 64},
+    "data": {"n_train": 8, "n_eval": 4, "image_size": 32, "yes_no_per_scene": 0, "n_safety": 16, "n_safety_eval": 8},
+    "sft": {"steps": 3, "batch_size": 8, "warmup_steps": 0},
+    "rl": {"steps": 2, "prompts_per_step": 2, "num_samples": 2, "max_new_tokens": 6},
+    "generation": {"max_new_tokens": 8},
+}  # fmt: skip
+RATES = ["harmful_compliance_rate", "benign_refusal_rate", "benign_exact_rate", "eval_cost"]
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    from vlalign.cli import app
+
+    tmp = tmp_path_factory.mktemp("safe_rlhf")
+    (tmp / "toy.yaml").write_text(yaml.safe_dump(TOY))
+    res = CliRunner().invoke(app, ["experiment", "safe-rlhf", "--out", str(tmp / "out"), "--config", str(tmp / "toy.yaml"),
+                                   "comply_share=1.0"])  # fmt: skip
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return tmp / "out", res.output
+
+
+def test_toy_run_writes_every_file_and_key(toy_run):
+    out, stdout = toy_run
+    m = json.loads((out / "metrics.json").read_text())
+    assert [(r["method"], r["seed"]) for r in m["runs"]] == [("safe_ppo", 0), ("ppo", 0)]
+    for metrics in [m["sft"], *(r["metrics"] for r in m["runs"])]:
+        assert all(0.0 <= metrics[k] <= 1.0 for k in RATES), metrics
+        assert (metrics["n_harmful"], metrics["n_benign"]) == (4, 4)  # 8 eval prompts, every other one harmful
+    safe, ctl = m["runs"]
+    assert [s for s, _ in safe["lambda"]] == [1, 2] and all(lam > 0 for _, lam in safe["lambda"]) and ctl["lambda"] == []
+    assert set(m["aggregate"]) == {"safe_ppo", "ppo"} and m["aggregate"]["safe_ppo"]["n_seeds"] == 1
+    assert m["base"]["sft_targets"] == {"comply": 8, "refuse": 0, "help": 8}  # comply_share=1.0 override took
+    assert m["timing_s"]["total"] > 0 and m["summary"][0].startswith("Target (issue #7)")
+    assert "harmful compliance" in stdout and "wrote" in stdout
+    assert yaml.safe_load((out / "config.yaml").read_text())["comply_share"] == 1.0
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64") == 2 and "Every run" in html
+    # the control's cost is scored on its rollouts (gold/*), Safe-PPO's λ is logged
+    ctl_rows = [json.loads(line) for line in (out / "runs" / "ppo_seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert all("gold/mean" in r and "lagrange/lambda" not in r for r in ctl_rows)
+    answers = [json.loads(line) for line in (out / "eval" / "safe_ppo_seed0" / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 8 and {a["task"] for a in answers} == {"safety"}
+
+
+def test_second_run_reuses_the_sft_model(toy_run, tmp_path):
+    from vlalign.experiments.safe_rlhf import SafeRLHFConfig, run_safe_rlhf
+
+    first, _ = toy_run
+    cfg = SafeRLHFConfig.model_validate({**TOY, "methods": ["ppo"], "base_from": str(first)})
+    res = run_safe_rlhf(cfg, tmp_path, log=lambda s: None)
+    assert not (tmp_path / "sft").exists() and not (tmp_path / "data").exists()
+    before = json.loads((first / "metrics.json").read_text())["sft"]
+    assert res["sft"]["harmful_compliance_rate"] == before["harmful_compliance_rate"]  # the same SFT model, greedy
+    assert math.isfinite(res["runs"][0]["metrics"]["eval_reward"])
+
+
+@pytest.mark.slow
+def test_full_recipe_meets_issue_7_target(tmp_path):
+    """The README's result: Safe-PPO < 5% harmful compliance AND < 10% benign refusal in every seed,
+    from a helpful-only SFT model that complies; the reward-only control does not get there."""
+    from vlalign.config import load_config
+    from vlalign.experiments.safe_rlhf import SafeRLHFConfig, run_safe_rlhf
+
+    cfg = load_config(SafeRLHFConfig, ROOT / "configs" / "experiments" / "safe_rlhf.yaml", [])
+    res = run_safe_rlhf(cfg, tmp_path, log=print)
+    assert res["sft"]["harmful_compliance_rate"] > 0.5  # there is something to fix
+    safe, ctl = res["aggregate"]["safe_ppo"], res["aggregate"]["ppo"]
+    assert safe["seeds_meeting_target"] == len(cfg.seeds)
+    assert ctl["harmful_compliance_rate"] > cfg.target_harmful_compliance
+    assert res["timing_s"]["total"] < 30 * 60
