@@ -270,6 +270,18 @@ def build_sft_base(cfg: DemoConfig, out: Path, stage: StageClock, log: Any = pri
     return data, out / "sft" / "final"
 
 
+def save_demo_base(
+    out: Path, data: Path, sft_model: Path, pairs: list[Any], pair_file: Path, captions: list[Any], info: dict[str, Any]
+) -> None:
+    """``out/base.json`` + the caption prompts as an RL prompt file, so the experiments can start from this
+    very SFT model and these pairs: ``vlalign experiment dpo-vs-rl base_from=<demo --out>``."""
+    from vlalign.experiments.method_runs import Base, as_prompt, save_base, text_vocab_size
+
+    prompts = absolute_images([as_prompt(r) for r in captions], data)
+    prompt_file = write_pairs(prompts, out / "prompts" / "captions.jsonl")
+    save_base(Base(data, sft_model, pairs, pair_file, prompt_file, text_vocab_size(sft_model), info), out)
+
+
 def run_demo(cfg: DemoConfig, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
     """The whole demo; returns (and writes) ``metrics.json``'s content."""
 
@@ -302,6 +314,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, log: Any = print) -> dict[str
     pair_file = write_pairs(pairs, out / "pairs" / "onpolicy.jsonl")
     stage("pairs", t0)
     log(f"[demo] on-policy pairs: {pair_stats.to_dict()}")
+    save_demo_base(out, data, sft_model, pairs, pair_file, captions, {"pairs": pair_stats.to_dict(), "timing_s": dict(timing)})
 
     t0 = time.perf_counter()
     d = cfg.dpo

@@ -37,6 +37,7 @@ from vlalign.config import BaseConfig
 from vlalign.data.shapes.generate import ShapesConfig
 from vlalign.evaluation.generate import GenerationConfig
 from vlalign.experiments.demo import DemoConfig, DPOStage, ModelSize, SamplingConfig, Stage
+from vlalign.experiments.vision_warmup import VisionWarmupConfig
 from vlalign.monitors import MonitorSpec
 from vlalign.registry import Registry
 
@@ -71,6 +72,8 @@ class ExperimentBase(BaseConfig):
     threads: int | None = Field(1, ge=1, description="torch CPU threads (tiny matmuls gain little from more)")
     model: ModelSize = Field(default_factory=ModelSize)
     data: ShapesConfig = Field(default_factory=lambda: ShapesConfig(n_train=3000, n_eval=300, n_safety=0, n_safety_eval=0))
+    vision_warmup: VisionWarmupConfig = Field(default_factory=VisionWarmupConfig)
+    freeze: list[str] = Field(default_factory=list, description="model parts fixed in SFT and every method (e.g. [vision_tower])")
     sft: Stage = Field(default_factory=lambda: Stage(steps=300, learning_rate=1e-3, warmup_steps=20))
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n_prompts=600))
     base_from: str | None = Field(
@@ -90,7 +93,8 @@ class ExperimentBase(BaseConfig):
 
     def demo_view(self) -> DemoConfig:
         """The demo's config with these values, so the demo's building blocks can be reused as is."""
-        keys = ("seed", "family", "threads", "model", "data", "sft", "sampling", "eval_limit", "eval_tasks", "generation")
+        keys = ("seed", "family", "threads", "model", "data", "vision_warmup", "freeze", "sft", "sampling", "eval_limit",
+                "eval_tasks", "generation")  # fmt: skip
         return DemoConfig(**{k: getattr(self, k) for k in keys})
 
 
@@ -150,29 +154,21 @@ class Base:
 def prepare_base(cfg: ExperimentBase, out: Path, log: Callable[[str], None]) -> Base:
     """Shapes data → tiny model → SFT → on-policy pairs (one sample per training caption prompt,
     corrected by the verifier); also writes those prompts as the RL prompt file."""
-    from vlalign.data.shapes.generate import generate_shapes
     from vlalign.evaluation.evaluate import read_records
-    from vlalign.experiments.demo import absolute_images, build_model, train_config, write_pairs
+    from vlalign.experiments.common import StageClock
+    from vlalign.experiments.demo import absolute_images, build_sft_base, write_pairs
     from vlalign.experiments.onpolicy import sample_onpolicy_pairs
     from vlalign.models.load import ModelConfig, load_model
-    from vlalign.trainers.sft import train_sft
 
     demo = cfg.demo_view()
-    info: dict[str, Any] = {"timing_s": {}}
-    t0 = time.perf_counter()
     out = out.resolve()  # files written below hold absolute image paths: they must not depend on the cwd
-    data = out / "data"
-    generate_shapes(data, cfg.data.model_copy(update={"seed": cfg.seed}))
-    base_model = build_model(demo, out / "base_model")
-    sft_rows = absolute_images(read_records(data / "sft.jsonl"), data)
-    train_sft(train_config("sft", cfg.sft, base_model, data / "sft.jsonl", out / "sft", cfg.seed), sft_rows)
-    sft_model = out / "sft" / "final"
-    info["timing_s"]["data+sft"] = round(time.perf_counter() - t0, 1)
-    log(f"[base] data + SFT: {info['timing_s']['data+sft']:.0f} s")
+    clock = StageClock("base", log)
+    data, sft_model = build_sft_base(demo, out, clock, log)
+    info: dict[str, Any] = {"timing_s": {**clock.timing, "data+sft": round(sum(clock.timing.values()), 1)}}
 
     n_prompts = max(cfg.sampling.n_prompts, cfg.n_rl_prompts or 0)
     captions = [r for r in read_records(data / "sft.jsonl") if r.meta.get("task") == "caption"][:n_prompts]
-    prompts = absolute_images([_as_prompt(r) for r in captions], data)
+    prompts = absolute_images([as_prompt(r) for r in captions], data)
     prompt_file = write_pairs(prompts[: cfg.n_rl_prompts or cfg.sampling.n_prompts], out / "prompts" / "captions.jsonl")
     vocab = text_vocab_size(sft_model)
     t0 = time.perf_counter()
@@ -189,9 +185,13 @@ def prepare_base(cfg: ExperimentBase, out: Path, log: Callable[[str], None]) -> 
     info["pairs"] = stats.to_dict()
     info["pair_sampling"] = {"seconds": round(time.perf_counter() - t0, 1), "forward_tokens": counter.tokens}
     log(f"[base] on-policy pairs: {stats.to_dict()} ({info['pair_sampling']['seconds']:.0f} s)")
-    base = Base(data, sft_model, pairs, pair_file, prompt_file, vocab, info)
+    return save_base(Base(data, sft_model, pairs, pair_file, prompt_file, vocab, info), out)
+
+
+def save_base(base: Base, out: Path) -> Base:
+    """Write ``out/base.json`` so a later experiment can start from this base (``base_from=out``)."""
     paths = {k: str(getattr(base, k).resolve()) for k in ("data_dir", "sft_model", "pair_file", "prompt_file")}
-    (out / "base.json").write_text(json.dumps({**paths, "vocab_size": vocab, "info": info}, indent=2) + "\n")
+    (out / "base.json").write_text(json.dumps({**paths, "vocab_size": base.vocab_size, "info": base.info}, indent=2) + "\n")
     return base
 
 
@@ -203,7 +203,9 @@ def load_base(folder: str | Path) -> Base:
 
     path = Path(folder) / "base.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; base_from must name the --out folder of a finished kl-sweep or dpo-vs-rl run")
+        raise FileNotFoundError(
+            f"{path} does not exist; base_from must name the --out folder of a finished demo, kl-sweep or dpo-vs-rl run"
+        )
     saved = json.loads(path.read_text())
     pair_file = Path(saved["pair_file"])
     pairs = read_records(pair_file)
@@ -221,7 +223,7 @@ def get_base(cfg: ExperimentBase, out: Path, log: Callable[[str], None]) -> Base
     return prepare_base(cfg, out, log)
 
 
-def _as_prompt(rec: Any) -> Any:
+def as_prompt(rec: Any) -> Any:
     """An SFT caption record as a plain prompt record (the reference caption is biased; RL ignores it)."""
     from vlalign.data.records import PromptRecord
 
@@ -254,7 +256,8 @@ def train_dpo_method(base: Base, cfg: ExperimentBase, coef: float, seed: int, ou
     from vlalign.trainers.dpo import train_dpo
 
     d = cfg.dpo
-    tcfg = train_config("dpo", d, base.sft_model, base.pair_file, out, seed, loss=d.loss, beta=coef, sft_weight=d.sft_weight)
+    tcfg = train_config("dpo", d, base.sft_model, base.pair_file, out, seed, cfg.freeze, loss=d.loss, beta=coef,
+                        sft_weight=d.sft_weight)  # fmt: skip
     summary = train_dpo(tcfg, base.pairs)
     return {"stop_reason": None, "alerts": 0, "updates": d.steps, "responses_per_update": 2 * d.batch_size,
             "summary_keys": sorted(summary)}  # fmt: skip
@@ -266,7 +269,7 @@ def rl_train_config(name: str, base: Base, cfg: ExperimentBase, coef: float, see
     stage: RLStage = getattr(cfg, name)
     cls = getattr(importlib.import_module(module), cls_name)
     values = {
-        "output_dir": str(out), "seed": seed, "model": {"name_or_path": str(base.sft_model)},
+        "output_dir": str(out), "seed": seed, "model": {"name_or_path": str(base.sft_model), "freeze": list(cfg.freeze)},
         "data": {"train": str(base.prompt_file), "max_length": 160},
         "per_device_batch_size": stage.prompts_per_step, "max_steps": stage.steps,
         "learning_rate": stage.learning_rate, "lr_scheduler": "constant", "mixed_precision": "no",
