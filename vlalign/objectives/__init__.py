@@ -6,7 +6,7 @@ from a registry:
 - PREFERENCE_LOSSES   dpo, cdpo, ipo, hinge, simpo, orpo, kto, mdpo, dense_dpo
                       (entries take a PreferenceBatchLogps; ``.requires_reference`` is False for
                       simpo and orpo, so trainers can skip the reference pass)
-- ADVANTAGE_ESTIMATORS gae, grpo, dr_grpo, rloo
+- ADVANTAGE_ESTIMATORS gae, grpo, dr_grpo, rloo (rloo takes ``whiten=True`` to whiten over the batch)
 - KL_ESTIMATORS       k1, k2, k3
 - PG_LOSS_AGGREGATIONS token_mean, seq_mean_token_mean, token_sum_norm
 """
@@ -18,6 +18,7 @@ from vlalign.objectives.advantages import (
     gae,
     grpo_advantages,
     rloo_advantages,
+    whiten_batch_advantages,
     zero_variance_groups,
 )
 from vlalign.objectives.kl import (
@@ -120,6 +121,7 @@ __all__ = [
     "simpo_loss",
     "token_mean",
     "token_sum_norm",
+    "whiten_batch_advantages",
     "zero_masked",
     "zero_variance_groups",
 ]

@@ -106,6 +106,29 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return _zero_constant_groups(grouped, grouped - others_mean).reshape(-1)
 
 
+def whiten_batch_advantages(advantages: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Whiten per-sample advantages over the whole rollout batch, (N,) → (N,):
+
+        A'_i = (A_i − mean(A)) / (std(A) + eps)          std Bessel-corrected, over all N samples
+
+    WHY: leave-one-out advantages keep the reward's units, so their size depends on the reward's
+    spread (share-of-spaces rewards give |A| ~ 0.05, 0/1 verifiers ~ 0.5). Whitening gives every
+    rollout unit-scale advantages whatever the reward, as TRL's RLOO ``normalize_advantages`` (one
+    value per completion) and the advantage whitening of PPO implementations (Schulman et al. 2017;
+    OpenRLHF) do. Under Adam a constant scale cancels; what whitening changes is that every rollout
+    gets the same step size, however wide its rewards spread. Unlike GRPO's per-group std it
+    keeps the relative weight of groups: a prompt whose samples differ more still pushes harder.
+    Fewer than 2 samples or a constant batch give zeros (nothing to learn from, never NaN).
+    """
+    check_ndim("whiten_batch_advantages", 1, advantages=advantages)
+    if advantages.numel() < 2:
+        return torch.zeros_like(advantages)
+    centred = advantages - advantages.mean()  # (N,)
+    if bool((centred == 0).all()):
+        return centred
+    return centred / (advantages.std() + eps)
+
+
 class AdvantageOutput(NamedTuple):
     advantages: torch.Tensor  # (B, T), 0 at masked positions
     returns: torch.Tensor  # (B, T), value targets (= advantages for critic-free estimators)
@@ -160,12 +183,19 @@ def _gae(token_rewards: torch.Tensor, mask: torch.Tensor, *, values: torch.Tenso
     return AdvantageOutput(*gae(token_rewards, values, mask, gamma=gamma, lam=lam))
 
 
+def _rloo_outcome(scores: torch.Tensor, group_size: int, whiten: bool, eps: float) -> torch.Tensor:
+    """RLOO per sample (N,), then optionally whitened over the batch (``whiten``; see
+    :func:`whiten_batch_advantages`)."""
+    adv = rloo_advantages(scores, group_size)  # (N,)
+    return whiten_batch_advantages(adv, eps) if whiten else adv
+
+
 for _name, _est in {
     "gae": AdvantageEstimator("gae", _gae, True, False, {"gamma": 1.0, "lam": 0.95}),
     "grpo": AdvantageEstimator("grpo", _outcome(lambda r, g, eps: grpo_advantages(r, g, True, eps)),
                                False, True, {"eps": 1e-6}),
     "dr_grpo": AdvantageEstimator("dr_grpo", _outcome(lambda r, g: grpo_advantages(r, g, scale=False)),
                                   False, True, {}),
-    "rloo": AdvantageEstimator("rloo", _outcome(lambda r, g: rloo_advantages(r, g)), False, True, {}),
+    "rloo": AdvantageEstimator("rloo", _outcome(_rloo_outcome), False, True, {"whiten": False, "eps": 1e-6}),
 }.items():
     ADVANTAGE_ESTIMATORS.register(_name)(_est)
