@@ -73,6 +73,7 @@ class SamplingConfig(BaseConfig):
     samples_per_prompt: int = Field(1, ge=1)
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(40, ge=1)
+    add_missing: bool = Field(True, description="chosen also names the objects the answer left out (False: only fix claims)")
 
 
 class DPOStage(Stage):
@@ -304,9 +305,13 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, log: Any = print) -> dict[str
     gen = cfg.generation.model_copy(
         update={"do_sample": True, "temperature": cfg.sampling.temperature, "max_new_tokens": cfg.sampling.max_new_tokens}
     )
-    pairs, pair_stats = sample_onpolicy_pairs(
-        loaded.model, loaded.processor, captions, gen, str(data), cfg.seed, cfg.sampling.samples_per_prompt
-    )
+    from vlalign.experiments.method_runs import TokenCounter, text_vocab_size
+
+    with TokenCounter(text_vocab_size(sft_model)) as counter:  # the pairs' cost, charged to DPO by the experiments
+        pairs, pair_stats = sample_onpolicy_pairs(
+            loaded.model, loaded.processor, captions, gen, str(data), cfg.seed, cfg.sampling.samples_per_prompt,
+            cfg.sampling.add_missing,
+        )
     del loaded
     if not pairs:
         raise RuntimeError("the SFT model made no hallucination on the sampled prompts: nothing to prefer")
@@ -314,7 +319,9 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, log: Any = print) -> dict[str
     pair_file = write_pairs(pairs, out / "pairs" / "onpolicy.jsonl")
     stage("pairs", t0)
     log(f"[demo] on-policy pairs: {pair_stats.to_dict()}")
-    save_demo_base(out, data, sft_model, pairs, pair_file, captions, {"pairs": pair_stats.to_dict(), "timing_s": dict(timing)})
+    sampling_cost = {"seconds": timing["pairs"], "forward_tokens": counter.tokens}
+    save_demo_base(out, data, sft_model, pairs, pair_file, captions,
+                   {"pairs": pair_stats.to_dict(), "pair_sampling": sampling_cost, "timing_s": dict(timing)})  # fmt: skip
 
     t0 = time.perf_counter()
     d = cfg.dpo

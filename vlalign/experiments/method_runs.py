@@ -177,7 +177,8 @@ def prepare_base(cfg: ExperimentBase, out: Path, log: Callable[[str], None]) -> 
                                             "max_new_tokens": cfg.sampling.max_new_tokens})  # fmt: skip
     with TokenCounter(vocab) as counter:
         pairs, stats = sample_onpolicy_pairs(loaded.model, loaded.processor, prompts[: cfg.sampling.n_prompts], gen,
-                                             None, cfg.seed, cfg.sampling.samples_per_prompt)  # fmt: skip
+                                             None, cfg.seed, cfg.sampling.samples_per_prompt,
+                                             cfg.sampling.add_missing)  # fmt: skip
     del loaded
     if not pairs:
         raise RuntimeError("the SFT model made no hallucination on the sampled prompts: there is nothing to prefer")

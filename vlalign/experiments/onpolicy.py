@@ -27,10 +27,14 @@ class PairStats:
         return {"sampled": self.sampled, "hallucinated": self.hallucinated, "correct": self.correct}
 
 
-def label_answers(records: Sequence[PromptRecord], answers: Sequence[str]) -> tuple[list[PreferenceRecord], PairStats]:
+def label_answers(
+    records: Sequence[PromptRecord], answers: Sequence[str], add_missing: bool = True
+) -> tuple[list[PreferenceRecord], PairStats]:
     """One pair per answer that the verifier changes; answers already correct make no pair.
 
-    ``records[i].meta["scene"]`` is the ground truth of ``answers[i]``.
+    ``records[i].meta["scene"]`` is the ground truth of ``answers[i]``. ``add_missing=False`` only
+    fixes what the answer claims (wrong objects removed or corrected) and leaves omissions alone, so
+    the pairs teach "do not claim what is not there" without also pushing for longer answers.
     """
     from vlalign.rewards.shapes_rules import correct_response
 
@@ -41,7 +45,7 @@ def label_answers(records: Sequence[PromptRecord], answers: Sequence[str]) -> tu
         scene = rec.meta.get("scene")
         if not isinstance(scene, dict):
             raise ValueError(f"record {rec.id!r}: meta.scene (ground truth) is missing; on-policy labelling needs it")  # noqa: TRY004
-        corrected, segments = correct_response(ans, scene)
+        corrected, segments = correct_response(ans, scene, add_missing=add_missing)
         if corrected.strip() == ans.strip():
             continue
         pairs.append(
@@ -66,10 +70,11 @@ def sample_onpolicy_pairs(
     base_dir: str | None,
     seed: int,
     samples_per_prompt: int = 1,
+    add_missing: bool = True,
 ) -> tuple[list[PreferenceRecord], PairStats]:
     """Sample ``samples_per_prompt`` answers per prompt from ``model`` and label them."""
     from vlalign.evaluation.generate import generate_answers
 
     repeated = [r for r in records for _ in range(samples_per_prompt)]
     answers = generate_answers(model, processor, repeated, gen_cfg, base_dir, seed)
-    return label_answers(repeated, answers)
+    return label_answers(repeated, answers, add_missing)

@@ -58,6 +58,11 @@ class ShapesConfig(BaseConfig):
         0.5, ge=0.0, le=1.0, description="P(SFT caption adds the companion | trigger present)"
     )
     trigger: str = "red circle"
+    trigger_rate: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="share of scenes (train and eval) made to contain the trigger; None = its natural rate "
+        "(~1/12 per object). Raise it to make the planted co-occurrence bias a larger share of the errors",
+    )
     companion: str = "blue square"
     companion_rate: float = Field(0.7, ge=0.0, le=1.0, description="share of inserted objects = companion")
     yes_no_per_scene: int = Field(2, ge=0, description="yes/no SFT questions per scene (half yes, half no)")
@@ -294,20 +299,25 @@ def _write_jsonl(path: Path, rows: list[Record] | list[dict[str, Any]]) -> int:
     return len(rows)
 
 
+def _scene(rng: random.Random, scene_id: str, split: str, cfg: ShapesConfig, trigger: ObjectType) -> Scene:
+    """One scene; with ``cfg.trigger_rate`` set, that share of scenes gets the trigger as one of its objects
+    (the others random, in random order). ``trigger_rate=None`` draws nothing extra: same data as before."""
+    if cfg.trigger_rate is None or rng.random() >= cfg.trigger_rate:
+        return sample_scene(rng, scene_id, split, cfg.image_size, cfg.max_objects)
+    others = [(rng.choice(list(COLORS)), rng.choice(SHAPES)) for _ in range(rng.randint(1, cfg.max_objects) - 1)]
+    types = [trigger, *others]
+    rng.shuffle(types)
+    return sample_scene(rng, scene_id, split, cfg.image_size, cfg.max_objects, types=types)
+
+
 def generate_shapes(out_dir: str | Path, cfg: ShapesConfig) -> dict[str, Any]:
     """Write the benchmark into ``out_dir`` and return its manifest (also written as manifest.json)."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     trigger, companion = parse_object_type(cfg.trigger), parse_object_type(cfg.companion)
     rng_scenes = _rng(cfg.seed, "scenes")
-    train = [
-        sample_scene(rng_scenes, f"train_{i:05d}", "train", cfg.image_size, cfg.max_objects)
-        for i in range(cfg.n_train)
-    ]
-    evals = [
-        sample_scene(rng_scenes, f"eval_{i:05d}", "eval", cfg.image_size, cfg.max_objects)
-        for i in range(cfg.n_eval)
-    ]
+    train = [_scene(rng_scenes, f"train_{i:05d}", "train", cfg, trigger) for i in range(cfg.n_train)]
+    evals = [_scene(rng_scenes, f"eval_{i:05d}", "eval", cfg, trigger) for i in range(cfg.n_eval)]
     for sc in train + evals:
         render_scene(sc).save(out / sc.image, format="PNG")
 
