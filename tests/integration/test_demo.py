@@ -35,6 +35,19 @@ def test_label_answers_pairs_only_wrong_answers():
     assert p.rejected_segments and "blue square" in wrong[p.rejected_segments[0].start : p.rejected_segments[0].end]
 
 
+def test_label_answers_claims_only_leaves_omissions_alone():
+    from vlalign.data.records import PromptRecord
+
+    rec = PromptRecord("r", ["images/s.png"], "Describe the image.", None, {"task": "caption", "scene": SCENE})
+    omits = "The image shows a red circle."  # green triangle missing, nothing false claimed
+    claims = "The image shows a red circle and a blue square."  # blue square false, green triangle missing
+    pairs, stats = label_answers([rec, rec], [omits, claims], add_missing=False)
+    assert stats.to_dict() == {"sampled": 2, "hallucinated": 1, "correct": 1}
+    assert pairs[0].chosen == "The image shows a red circle."  # false claim removed, omission not added
+    full, _ = label_answers([rec], [claims])  # default: omissions are added too
+    assert "green triangle" in full[0].chosen
+
+
 def test_verdict_by_hand_and_honest_about_control():
     cfg = DemoConfig()
     m = {
