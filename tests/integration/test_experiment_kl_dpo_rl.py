@@ -221,3 +221,7 @@ def test_dpo_vs_rl_full_config(tmp_path):
     res = run_dpo_vs_rl(cfg, tmp_path, log=print)
     assert all(a["n_seeds"] == len(cfg.seeds) for a in res["aggregate"].values())
     assert res["timing_s"]["total"] < 30 * 60
+    sft = res["sft"]["chair_i"]
+    for method in ("grpo", "ppo"):  # issue #7: each cuts CHAIR_i by >= 40% (mean over seeds), keeping content
+        agg = res["aggregate"][method]
+        assert agg["chair_i"] <= 0.6 * sft and not agg["content_lost"], (method, sft, agg["chair_i"])
