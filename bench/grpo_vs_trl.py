@@ -6,22 +6,25 @@ rule verifier on both sides (wrapped as a TRL reward function). Each side runs i
 vlalign first, then TRL. Reported per side: s/step and generated tokens/s after the warm-up steps, peak
 RSS and peak above the import baseline; plus the speed-up (TRL s/step ÷ vlalign s/step).
 
-Run: ``vlalign bench grpo --against trl --json bench/results/grpo_vs_trl.json`` (or this file directly).
+Run: ``vlalign bench grpo --against trl --json bench/results/grpo_vs_trl.json`` (or this file directly;
+``--threads 1`` is steadier on a loaded machine). ``--ablation`` runs only the vlalign side, once per
+forward/prefill variant, to show what each lever buys.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import prepare_inputs, ratio, run_sides
+from common import prepare_inputs, ratio, run_sides, run_worker
 
 SIDES = {"vlalign": "vlalign_grpo_worker.py", "trl": "trl_grpo_worker.py"}
-RESULT_KEYS = ("s_per_step", "generated_tokens_per_s", "peak_rss_mb", "peak_above_baseline_mb")
+RESULT_KEYS = ("s_per_step", "cpu_s_per_step", "generated_tokens_per_s", "peak_rss_mb", "peak_above_baseline_mb")
 
 
 def assemble(results: dict[str, dict[str, Any]], machine: dict[str, Any], model: dict[str, Any],
@@ -31,6 +34,8 @@ def assemble(results: dict[str, dict[str, Any]], machine: dict[str, Any], model:
     return {
         **results,
         "speedup": ratio(trl.get("s_per_step"), vl.get("s_per_step")),
+        # the same ratio in process CPU seconds per step: steadier than wall time on a shared machine
+        "speedup_cpu": ratio(trl.get("cpu_s_per_step"), vl.get("cpu_s_per_step")),
         "generated_tokens_ratio": ratio(vl.get("generated_tokens_per_s"), trl.get("generated_tokens_per_s")),
         "memory_ratio": ratio(vl.get("peak_rss_mb"), trl.get("peak_rss_mb")),
         "memory_above_baseline_ratio": ratio(vl.get("peak_above_baseline_mb"), trl.get("peak_above_baseline_mb")),
@@ -56,6 +61,32 @@ def run(out_json: Path, workdir: Path, steps: int = 2, warmup: int = 1, num_prom
     return report
 
 
+# vlalign-only ablation: where the speed-up comes from (same worker, same data, one knob at a time)
+ABLATION = {
+    "batched forward, per-sample prefill (before issue #7)": {"forward": "batched", "rollout_prefill": "per_sample"},
+    "shared-prefix forward, per-sample prefill": {"forward": "shared_prefix", "rollout_prefill": "per_sample"},
+    "shared-prefix forward, prefill once per group (default)": {"forward": "auto", "rollout_prefill": "auto"},
+}
+
+
+def run_ablation(out_json: Path, workdir: Path, steps: int = 4, warmup: int = 1, threads: int = 1) -> dict[str, Any]:
+    """Run the vlalign worker once per :data:`ABLATION` variant (each in its own process, in turn)."""
+    inputs = prepare_inputs(workdir, 4 * (steps + warmup))
+    settings = {"steps": steps, "warmup_steps": warmup, "num_prompts": 4, "group_size": 4, "max_new_tokens": 16,
+                "beta": 0.04, "learning_rate": 1e-6, "threads": threads, "max_length": 256}
+    spec = {"model": str(inputs["model_dir"]), "prompts": str(inputs["prompts"]), "seed": 0, **settings}
+    report: dict[str, Any] = {"settings": settings, "variants": {}}
+    for i, (name, knobs) in enumerate(ABLATION.items()):
+        before = [round(x, 2) for x in os.getloadavg()]
+        res = run_worker(SIDES["vlalign"], {**spec, **knobs}, workdir / f"grpo_ablation_{i}")
+        res.update(knobs=knobs, load_avg_before=before, load_avg_after=[round(x, 2) for x in os.getloadavg()])
+        report["variants"][name] = res
+        print(f"[ablation] {name}: {res.get('s_per_step', res.get('error'))} s/step", file=sys.stderr, flush=True)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
 if __name__ == "__main__":
     import argparse
 
@@ -64,5 +95,12 @@ if __name__ == "__main__":
     ap.add_argument("--workdir", type=Path, default=Path("runs/bench"))
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads per side (1 is steadier when other jobs load the cores)")
+    ap.add_argument("--ablation", action="store_true",
+                    help="vlalign only: one run per forward/prefill variant (ABLATION), report to --json")
     a = ap.parse_args()
-    print(json.dumps(run(a.json, a.workdir, steps=a.steps, warmup=a.warmup), indent=2))
+    if a.ablation:
+        print(json.dumps(run_ablation(a.json, a.workdir, steps=a.steps, warmup=a.warmup, threads=a.threads), indent=2))
+    else:
+        print(json.dumps(run(a.json, a.workdir, steps=a.steps, warmup=a.warmup, threads=a.threads), indent=2))

@@ -60,7 +60,7 @@ def main() -> None:
         learning_rate=spec["learning_rate"],
         lr_scheduler_type="constant",
         warmup_steps=0,
-        optim="adamw_torch",
+        optim="adamw_torch_fused",  # TRL's default on torch >= 2.8, and the kernel vlalign's AdamW uses
         weight_decay=0.0,
         max_grad_norm=1.0,
         beta=spec["beta"],
@@ -81,11 +81,13 @@ def main() -> None:
     )
 
     step_ends: list[float] = []
+    cpu_ends: list[float] = []  # process CPU seconds (all threads), as on the vlalign side
     tokens: list[int] = []
 
     class StepClock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             step_ends.append(time.perf_counter())
+            cpu_ends.append(time.process_time())
 
     trainer = DPOTrainer(model=spec["model"], args=args, train_dataset=dataset, processing_class=processor,
                          callbacks=[StepClock()])
@@ -108,6 +110,7 @@ def main() -> None:
     result = {
         "framework": "trl",
         "pairs_per_s": round(steady_rate(step_ends, spec["batch_size"], warm), 3),
+        "pairs_per_cpu_s": round(steady_rate(cpu_ends, spec["batch_size"], warm), 4),
         "steps_measured": len(step_ends) - warm,
         "step_times_s": [round(b - a, 4) for a, b in zip([t0, *step_ends[:-1]], step_ends, strict=True)],
         "tokens_per_pair": sum(tokens[warm:]) / (spec["batch_size"] * len(tokens[warm:])) if len(tokens) > warm else None,

@@ -81,10 +81,12 @@ def main() -> None:
         model_init_kwargs={"dtype": torch.float32},
     )
     step_ends: list[float] = []
+    step_cpu: list[float] = []  # process CPU seconds (all threads) at each step end
 
     class StepClock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             step_ends.append(time.perf_counter())
+            step_cpu.append(time.process_time())
 
     processor = AutoProcessor.from_pretrained(spec["model"])
     trainer = GRPOTrainer(model=spec["model"], reward_funcs=shapes_reward, args=args, train_dataset=dataset,
@@ -96,12 +98,15 @@ def main() -> None:
     durations = [b - a for a, b in zip([t0, *step_ends[:-1]], step_ends, strict=True)]
     warm = spec["warmup_steps"]
     measured = durations[warm:]
+    cpu_measured = [b - a for a, b in zip(step_cpu[warm - 1 : -1], step_cpu[warm:], strict=True)] if warm else []
     logs = [h for h in trainer.state.log_history if "reward" in h]
     result = {
         "framework": "trl",
         "s_per_step": round(sum(measured) / len(measured), 3),
         "generated_tokens_per_s": round(sum(generated[warm:]) / sum(measured), 2),
         "step_times_s": [round(d, 3) for d in durations],
+        "cpu_s_per_step": round(sum(cpu_measured) / len(cpu_measured), 3) if cpu_measured else None,
+        "step_cpu_s": [round(c, 3) for c in cpu_measured],
         "generated_tokens_per_step": generated,
         "reward_mean": [h.get("reward") for h in logs],
         "train_wall_s": round(train_wall, 2),

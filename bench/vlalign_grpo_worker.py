@@ -1,7 +1,8 @@
 """vlalign side of the GRPO benchmark (run by grpo_vs_trl.py in its own process).
 
 Public Python API: ``vlalign.trainers.grpo.train_grpo(GRPOConfig)``; one rollout = one step
-(4 prompts × 4 samples, 16 new tokens, β 0.04, frozen full-copy reference, reward ``shapes_rules``).
+(4 prompts × 4 samples, 16 new tokens, β 0.04, frozen full-copy reference, reward ``shapes_rules``),
+with the library defaults ``forward: auto`` and ``rollout.prefill: auto`` (what a user gets).
 Per-step wall time comes from the run's ``metrics.jsonl`` (``time_s`` at the end of every step);
 generated tokens per step = samples × ``response/length_mean``.
 """
@@ -44,7 +45,9 @@ def main() -> None:
         learning_rate=spec["learning_rate"],
         lr_scheduler="constant",
         mixed_precision="no",
-        rollout={"num_samples": spec["group_size"], "max_new_tokens": spec["max_new_tokens"], "temperature": 1.0},
+        rollout={"num_samples": spec["group_size"], "max_new_tokens": spec["max_new_tokens"], "temperature": 1.0,
+                 "prefill": spec.get("rollout_prefill", "auto")},
+        forward=spec.get("forward", "auto"),  # the ablation (grpo_vs_trl.py --ablation) sets these two
         reward={"name": "shapes_rules"},
         kl_coef=spec["beta"],
         reference="copy",
@@ -65,15 +68,21 @@ def main() -> None:
     samples = spec["num_prompts"] * spec["group_size"]
     gen_tokens = [samples * r["response/length_mean"] for r in rows]
     measured = durations[warm:]
+    cpu = [r["time/process_cpu_s"] for r in rows]  # process CPU seconds at the end of each step
+    cpu_measured = [b - a for a, b in zip(cpu[warm - 1 : -1], cpu[warm:], strict=True)] if warm else []
     result = {
         "framework": "vlalign",
         "s_per_step": round(sum(measured) / len(measured), 3),
         "generated_tokens_per_s": round(sum(gen_tokens[warm:]) / sum(measured), 2),
         "step_times_s": [round(d, 3) for d in durations],
+        "cpu_s_per_step": round(sum(cpu_measured) / len(cpu_measured), 3) if cpu_measured else None,
+        "step_cpu_s": [round(c, 3) for c in cpu_measured],
         "generated_tokens_per_step": gen_tokens,
         "reward_mean": [r.get("reward/mean") for r in rows],
         "train_wall_s": round(train_wall, 2),
         "reference": "frozen full copy (reference=copy)",
+        "forward": f"{cfg.forward} (shared_prefix = each group's prompt + image scored once)",
+        "rollout_prefill": f"{cfg.rollout.prefill} (auto = prompt + image prefilled once per group, KV cache x K)",
         **memory_report(baseline, rss_snapshot()["hwm_mb"]),
     }
     write_result(out, result)

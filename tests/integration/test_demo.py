@@ -48,6 +48,15 @@ def test_label_answers_claims_only_leaves_omissions_alone():
     assert "green triangle" in full[0].chosen
 
 
+def test_label_answers_yes_no_pairs_only_wrong_answers():
+    from vlalign.data.records import PromptRecord
+
+    rec = PromptRecord("q", ["images/s.png"], "Is there a blue square in the image?", "No.", {"task": "yes_no", "scene": SCENE})
+    pairs, stats = label_answers([rec, rec, rec], ["No.", "no", "Yes."])  # "no" parses as the reference's "no"
+    assert stats.to_dict() == {"sampled": 3, "hallucinated": 1, "correct": 2}
+    assert (pairs[0].chosen, pairs[0].rejected, pairs[0].meta["task"]) == ("No.", "Yes.", "yes_no")
+
+
 def test_verdict_by_hand_and_honest_about_control():
     cfg = DemoConfig()
     m = {

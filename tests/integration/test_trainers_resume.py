@@ -98,7 +98,11 @@ def test_remove_partial_only_touches_tmp_dirs(tmp_path):
 def test_two_processes_equal_one_process(tiny_model_dir, trainer_data, tmp_path):
     """gloo, 2 CPU processes × 2 pairs vs 1 process × 4 pairs: same global batch, same loss curve."""
     model_dir, data = tiny_model_dir("llava"), trainer_data[0]
-    common = ["max_steps=3", "save_steps=0", "warmup_steps=0"]
+    # forward=batched, pinned: this test checks the distributed normalisation (sums over processes),
+    # not the forward. The default shared-prefix forward packs each micro-batch to its own longest
+    # [prompt, chosen, rejected] row, so 1×4 and 2×2 pairs reduce in a different float order and the
+    # curves differed by 1.6e-4 relative (measured) — rounding, above this test's 1e-4 tolerance.
+    common = ["max_steps=3", "save_steps=0", "warmup_steps=0", "forward=batched"]
     one = tmp_path / "one"
     from vlalign.config import load_config
     from vlalign.trainers.configs import DPOConfig

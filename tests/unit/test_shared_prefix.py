@@ -118,7 +118,45 @@ def test_fallback_reasons(tiny_model_dir):
     assert "has no shared-prefix position rule" in unsupported_reason(model)
 
 
-def test_dpo_with_shared_prefix_trains(tiny_model_dir, trainer_data, tmp_path, capsys):
+def test_auto_picks_shared_prefix_only_where_verified_exact(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForImageTextToText
+
+    from vlalign.models import shared_prefix
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("llava"))
+    # supported family: the fast path, no reason
+    assert pick_pair_forward("auto", model) == ("shared_prefix", shared_prefix_logprobs, None)
+    assert pick_pair_forward("auto", model, extra="mismatched")[0] == "shared_prefix"  # KTO's block shares it
+    # ... but mDPO's corrupted-image block has its own image: batched, with the reason
+    name, forward, reason = pick_pair_forward("auto", model, extra="corrupted")
+    assert (name, forward) == ("batched", batched_pair_logprobs) and "corrupted" in reason
+    # explicit choices are honoured
+    assert pick_pair_forward("batched", model)[:2] == ("batched", batched_pair_logprobs)
+    assert pick_pair_forward("shared_prefix", model)[:2] == ("shared_prefix", shared_prefix_logprobs)
+    # a family with a position rule that is not (yet) verified: auto stays batched, explicit still packs
+    monkeypatch.setattr(shared_prefix, "VERIFIED_EXACT", frozenset({"qwen2_vl"}))
+    name, forward, reason = pick_pair_forward("auto", model)
+    assert (name, forward) == ("batched", batched_pair_logprobs) and "'llava' is not verified exact" in reason
+    assert pick_pair_forward("shared_prefix", model)[0] == "shared_prefix"
+    monkeypatch.undo()
+    # an unsupported real VLM type (no position rule, not verified): batched under auto
+    model.config.model_type = "paligemma"
+    name, forward, reason = pick_pair_forward("auto", model)
+    assert (name, forward) == ("batched", batched_pair_logprobs) and "'paligemma'" in reason
+
+
+def test_verified_exact_is_what_the_equality_test_covers(tiny_model_dir):
+    """VERIFIED_EXACT must name exactly the model types of the tiny families tested equal above."""
+    import json
+
+    from vlalign.models.shared_prefix import PAIR_POSITIONS, VERIFIED_EXACT
+
+    tested = {json.loads((tiny_model_dir(f) / "config.json").read_text())["model_type"] for f in ARCHITECTURES}
+    assert VERIFIED_EXACT == tested
+    assert all(t in PAIR_POSITIONS for t in VERIFIED_EXACT)
+
+
+def test_dpo_default_forward_is_shared_prefix_and_trains(tiny_model_dir, trainer_data, tmp_path, capsys):
     from vlalign.trainers.configs import DPOConfig
     from vlalign.trainers.dpo import train_dpo
     from vlalign.trainers.logging import read_metrics
@@ -127,10 +165,10 @@ def test_dpo_with_shared_prefix_trains(tiny_model_dir, trainer_data, tmp_path, c
         "output_dir": str(tmp_path), "model": {"name_or_path": str(tiny_model_dir("llava"))},
         "data": {"train": str(trainer_data[0]), "max_length": 128}, "per_device_batch_size": 8, "max_steps": 5,
         "learning_rate": 5e-3, "lr_scheduler": "constant", "progress": False, "beta": 0.5,
-        "forward": "shared_prefix",
     })
+    assert cfg.forward == "auto"  # the default
     train_dpo(cfg)
-    assert "pair forward: shared_prefix" in capsys.readouterr().err
+    assert "pair forward: shared_prefix (forward=auto)" in capsys.readouterr().err
     losses = [r["loss"] for r in read_metrics(tmp_path) if "loss" in r]
     # step 1: policy == reference (cache scored with the same forward), so the loss is log 2 exactly
     assert losses[0] == pytest.approx(0.693147, abs=1e-4)

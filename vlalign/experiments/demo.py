@@ -74,6 +74,7 @@ class SamplingConfig(BaseConfig):
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(40, ge=1)
     add_missing: bool = Field(True, description="chosen also names the objects the answer left out (False: only fix claims)")
+    n_yes_no: int = Field(0, ge=0, description="training yes/no questions sampled too (wrong answers -> pairs)")
 
 
 class DPOStage(Stage):
@@ -300,7 +301,9 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, log: Any = print) -> dict[str
     data, sft_model = build_sft_base(cfg, out, stage, log)
 
     t0 = time.perf_counter()
-    captions = [r for r in read_records(data / "sft.jsonl") if r.meta.get("task") == "caption"][: cfg.sampling.n_prompts]
+    sft_records = read_records(data / "sft.jsonl")
+    captions = [r for r in sft_records if r.meta.get("task") == "caption"][: cfg.sampling.n_prompts]
+    yes_no = [r for r in sft_records if r.meta.get("task") == "yes_no"][: cfg.sampling.n_yes_no]
     loaded = load_model(ModelConfig(name_or_path=str(sft_model)))
     gen = cfg.generation.model_copy(
         update={"do_sample": True, "temperature": cfg.sampling.temperature, "max_new_tokens": cfg.sampling.max_new_tokens}
@@ -309,7 +312,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, log: Any = print) -> dict[str
 
     with TokenCounter(text_vocab_size(sft_model)) as counter:  # the pairs' cost, charged to DPO by the experiments
         pairs, pair_stats = sample_onpolicy_pairs(
-            loaded.model, loaded.processor, captions, gen, str(data), cfg.seed, cfg.sampling.samples_per_prompt,
+            loaded.model, loaded.processor, captions + yes_no, gen, str(data), cfg.seed, cfg.sampling.samples_per_prompt,
             cfg.sampling.add_missing,
         )
     del loaded

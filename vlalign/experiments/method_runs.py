@@ -167,7 +167,9 @@ def prepare_base(cfg: ExperimentBase, out: Path, log: Callable[[str], None]) -> 
     info: dict[str, Any] = {"timing_s": {**clock.timing, "data+sft": round(sum(clock.timing.values()), 1)}}
 
     n_prompts = max(cfg.sampling.n_prompts, cfg.n_rl_prompts or 0)
-    captions = [r for r in read_records(data / "sft.jsonl") if r.meta.get("task") == "caption"][:n_prompts]
+    sft_records = read_records(data / "sft.jsonl")
+    captions = [r for r in sft_records if r.meta.get("task") == "caption"][:n_prompts]
+    yes_no = absolute_images([r for r in sft_records if r.meta.get("task") == "yes_no"][: cfg.sampling.n_yes_no], data)
     prompts = absolute_images([as_prompt(r) for r in captions], data)
     prompt_file = write_pairs(prompts[: cfg.n_rl_prompts or cfg.sampling.n_prompts], out / "prompts" / "captions.jsonl")
     vocab = text_vocab_size(sft_model)
@@ -176,7 +178,7 @@ def prepare_base(cfg: ExperimentBase, out: Path, log: Callable[[str], None]) -> 
     gen = cfg.generation.model_copy(update={"do_sample": True, "temperature": cfg.sampling.temperature,
                                             "max_new_tokens": cfg.sampling.max_new_tokens})  # fmt: skip
     with TokenCounter(vocab) as counter:
-        pairs, stats = sample_onpolicy_pairs(loaded.model, loaded.processor, prompts[: cfg.sampling.n_prompts], gen,
+        pairs, stats = sample_onpolicy_pairs(loaded.model, loaded.processor, prompts[: cfg.sampling.n_prompts] + yes_no, gen,
                                              None, cfg.seed, cfg.sampling.samples_per_prompt,
                                              cfg.sampling.add_missing)  # fmt: skip
     del loaded

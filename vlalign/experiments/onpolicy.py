@@ -10,11 +10,12 @@ only where the error is, and the corrected answer keeps the model's own wording 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vlalign.data.records import PreferenceRecord, PromptRecord
+from vlalign.data.records import PreferenceRecord, PromptRecord, Segment
+from vlalign.registry import Registry
 
 
 @dataclass
@@ -27,17 +28,41 @@ class PairStats:
         return {"sampled": self.sampled, "hallucinated": self.hallucinated, "correct": self.correct}
 
 
+def fix_caption(rec: PromptRecord, answer: str, add_missing: bool) -> tuple[str, list[Segment]]:
+    """Caption: the answer with its wrong spans fixed by the ground-truth verifier."""
+    from vlalign.rewards.shapes_rules import correct_response
+
+    return correct_response(answer, rec.meta["scene"], add_missing=add_missing)
+
+
+def fix_yes_no(rec: PromptRecord, answer: str, add_missing: bool) -> tuple[str, list[Segment]]:
+    """Yes/no question: the reference answer when the model's yes/no (POPE's parser) differs from it.
+    WHY: caption-only pairs move the shared LM's yes/no answers too (a drift POPE sees); pairs on the
+    model's own wrong yes/no answers put that task under the same preference signal."""
+    from vlalign.evaluation.hallucination import parse_yes_no
+
+    if rec.reference is None:
+        raise ValueError(f"record {rec.id!r}: a yes_no record needs its reference answer to be labelled")
+    same = parse_yes_no(answer) == parse_yes_no(rec.reference)
+    return (answer, []) if same else (rec.reference, [Segment(0, len(answer), rec.reference, "yes_no")])
+
+
+# task (record meta["task"]) -> (record, answer, add_missing) -> (corrected answer, rejected segments)
+FIXERS: Registry[Callable[[PromptRecord, str, bool], tuple[str, list[Segment]]]] = Registry("on-policy task")
+FIXERS.register("caption")(fix_caption)
+FIXERS.register("yes_no")(fix_yes_no)
+
+
 def label_answers(
     records: Sequence[PromptRecord], answers: Sequence[str], add_missing: bool = True
 ) -> tuple[list[PreferenceRecord], PairStats]:
     """One pair per answer that the verifier changes; answers already correct make no pair.
 
-    ``records[i].meta["scene"]`` is the ground truth of ``answers[i]``. ``add_missing=False`` only
-    fixes what the answer claims (wrong objects removed or corrected) and leaves omissions alone, so
-    the pairs teach "do not claim what is not there" without also pushing for longer answers.
+    ``records[i].meta["scene"]`` is the ground truth of ``answers[i]``; ``meta["task"]`` picks the fixer
+    (:data:`FIXERS`: captions, yes/no questions). ``add_missing=False`` only fixes what a caption claims
+    (wrong objects removed or corrected) and leaves omissions alone, so the pairs teach "do not claim
+    what is not there" without also pushing for longer answers.
     """
-    from vlalign.rewards.shapes_rules import correct_response
-
     if len(records) != len(answers):
         raise ValueError(f"label_answers: {len(records)} records but {len(answers)} answers")
     pairs: list[PreferenceRecord] = []
@@ -45,7 +70,8 @@ def label_answers(
         scene = rec.meta.get("scene")
         if not isinstance(scene, dict):
             raise ValueError(f"record {rec.id!r}: meta.scene (ground truth) is missing; on-policy labelling needs it")  # noqa: TRY004
-        corrected, segments = correct_response(ans, scene, add_missing=add_missing)
+        task = rec.meta.get("task", "caption")
+        corrected, segments = FIXERS.get(task)(rec, ans, add_missing)
         if corrected.strip() == ans.strip():
             continue
         pairs.append(
@@ -56,7 +82,7 @@ def label_answers(
                 chosen=corrected,
                 rejected=ans,
                 rejected_segments=segments,
-                meta={"task": rec.meta.get("task", "caption"), "scene": scene, "source": "on_policy"},
+                meta={"task": task, "scene": scene, "source": "on_policy"},
             )
         )
     return pairs, PairStats(len(answers), len(pairs), len(answers) - len(pairs))

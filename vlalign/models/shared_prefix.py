@@ -19,7 +19,8 @@ Per family we need the batched layout's position ids (``PAIR_POSITIONS``): plain
 Llama-style decoders (LLaVA, Idefics3/SmolVLM), M-RoPE (3, N, T) for Qwen2-VL. Families that are not
 registered, attention kernels that ignore a custom 4D mask (flash-attention), and response blocks
 with their own images (mDPO's corrupted image) fall back to the batched forward; ``unsupported_reason``
-says why.
+says why. The trainers' default ``forward: auto`` goes one step further and packs only the model
+types in ``VERIFIED_EXACT`` (each one tested equal to the batched forward, gradients included).
 """
 
 from __future__ import annotations
@@ -266,10 +267,32 @@ def batched_pair_logprobs(model: Any, inputs: dict[str, Any], response_mask: tor
 PAIR_FORWARDS.register("shared_prefix")(shared_prefix_logprobs)
 
 
+# Model types whose shared-prefix log-probs AND gradients are tested equal to the batched forward's
+# (tests/unit/test_shared_prefix.py, one tiny model per family): ``forward: auto`` uses the fast path
+# only for these. Having a position rule (PAIR_POSITIONS) is necessary, not sufficient: a new family
+# joins this set when its equality test passes, not before.
+VERIFIED_EXACT: frozenset[str] = frozenset({"llava", "qwen2_vl", "idefics3"})
+
+
+def auto_forward_reason(model: Any, extra: str | None = None) -> str | None:
+    """Why ``forward: auto`` keeps the batched forward for this model / block layout; None → shared_prefix."""
+    model_type = hf_model(model).config.model_type
+    if model_type not in VERIFIED_EXACT:
+        return (f"model type {model_type!r} is not verified exact with shared_prefix "
+                f"(verified: {', '.join(sorted(VERIFIED_EXACT))}); set forward=shared_prefix to try it")
+    return unsupported_reason(model, extra)
+
+
 def pick_pair_forward(name: str, model: Any, extra: str | None = None) -> tuple[str, Callable[..., Any], str | None]:
-    """Config name → (name actually used, forward, reason for a fallback to ``batched`` or None)."""
-    if name == "shared_prefix":
-        reason = unsupported_reason(model, extra)
+    """Config name → (name actually used, forward, reason for using ``batched`` or None).
+
+    ``auto`` → ``shared_prefix`` where it is verified exact (:data:`VERIFIED_EXACT`, and no reason of
+    :func:`unsupported_reason`), else ``batched``; an explicit ``shared_prefix`` falls back to
+    ``batched`` only where it cannot be exact (unknown positions, flash-attention, mDPO's images).
+    """
+    if name in ("auto", "shared_prefix"):
+        reason = auto_forward_reason(model, extra) if name == "auto" else unsupported_reason(model, extra)
         if reason:
             return "batched", PAIR_FORWARDS.get("batched"), reason
+        return "shared_prefix", PAIR_FORWARDS.get("shared_prefix"), None
     return name, PAIR_FORWARDS.get(name), None

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from vlalign.data.collate import CollateConfig
-from vlalign.models.logprobs import response_logprobs
 from vlalign.monitors.text_stats import batch_text_stats
 from vlalign.registry import Registry
 from vlalign.rewards.base import Sample
@@ -83,23 +82,33 @@ def score_experience(
     need_old_logprobs: bool,
     need_reference: bool,
     temperature: float = 1.0,
+    forward: str = "batched",
+    group_size: int = 1,
 ) -> dict[str, float]:
-    """Fill ``old_logprobs`` (+ entropy in extras) and ``ref_logprobs``; returns entropy/length metrics."""
+    """Fill ``old_logprobs`` (+ entropy in extras) and ``ref_logprobs``; returns entropy/length metrics.
+
+    ``forward`` names the layout in :data:`vlalign.rollout.forward.RL_FORWARDS` (``shared_prefix``:
+    each group's prompt and image computed once, ``group_size`` = K samples per prompt).
+    """
+    from vlalign.rollout.forward import experience_logprobs
+
     device = next(policy.parameters()).device
-    inputs = {k: v.to(device) for k, v in exp.model_inputs().items()}
-    mask = exp.response_mask.to(device)
+    on_device = exp.to(device)
+    mask = on_device.response_mask
     metrics: dict[str, float] = {}
     was_training = policy.training
     policy.eval()
     try:
         if need_old_logprobs:
-            logps, _, entropy = response_logprobs(policy, inputs, mask.bool(), return_entropy=True, temperature=temperature)
+            logps, _, entropy = experience_logprobs(policy, on_device, forward=forward, group_size=group_size,
+                                                    temperature=temperature, return_entropy=True)
             exp.old_logprobs = logps.cpu()
             metrics["policy/entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
         if need_reference:
             model, ctx = reference_context(policy, reference)
             with ctx:
-                exp.ref_logprobs = response_logprobs(model, inputs, mask.bool(), temperature=temperature)[0].cpu()
+                exp.ref_logprobs = experience_logprobs(model, on_device, forward=forward, group_size=group_size,
+                                                       temperature=temperature)[0].cpu()
     finally:
         policy.train(was_training)
     return metrics

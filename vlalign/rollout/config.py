@@ -19,6 +19,11 @@ class RolloutConfig(BaseConfig):
         default_factory=dict, description="extra vllm.LLM arguments, e.g. {gpu_memory_utilization: 0.3}"
     )
     num_samples: int = Field(4, ge=1, description="K responses per prompt; GRPO/RLOO need K ≥ 2")
+    prefill: Literal["auto", "per_sample"] = Field(
+        "auto",
+        description="hf backend: auto = run each prompt + image once and expand its KV cache to the K samples "
+        "(families with plain positions: llava, idefics3; others fall back); per_sample = prefill all B*K rows",
+    )
     max_new_tokens: int = Field(32, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)

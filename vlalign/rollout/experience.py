@@ -69,6 +69,11 @@ class Experience:
         """For each image tensor: how many of its dim-0 entries belong to each row (kept in extras)."""
         return {k: self.extras[f"_chunks/{k}"].tolist() for k in self.image_inputs if f"_chunks/{k}" in self.extras}
 
+    def group_image_inputs(self, group_size: int) -> dict[str, torch.Tensor]:
+        """The image tensors once per group (of rows 0, K, 2K, ...): what a shared-prefix forward takes,
+        since the K rows of a group carry the same repeated images."""
+        return select_image_rows(self.image_inputs, self.image_chunks(), list(range(0, self.num_rows, group_size)))
+
     def to(self, device: torch.device | str) -> Experience:
         moved = {
             f.name: getattr(self, f.name).to(device)

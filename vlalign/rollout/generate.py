@@ -3,7 +3,9 @@
 WHY this shape: each prompt record is encoded once (chat template + image preprocessing, see
 :func:`vlalign.data.collate.encode_prompt`); its processed pixel tensors are then *repeated* for its
 K samples (a tensor copy, not K more runs of the image processor), and all B·K rows are sampled in one
-``model.generate`` call with the KV cache. The sampled rows are re-laid out right-padded
+``model.generate`` call with the KV cache. Where the family allows it (``rollout.prefill: auto``), the
+prompt + image runs once per prompt and its KV cache is repeated for the K samples
+(:func:`prefill_groups`): the prompt is ~85% of every sequence, so this removes most of the prefill. The sampled rows are re-laid out right-padded
 (``[prompt | response | pad]``) so that training, reference and value forwards are ordinary forwards.
 """
 
@@ -96,18 +98,61 @@ def sampling_kwargs(cfg: RolloutConfig) -> dict[str, Any]:
     }
 
 
+# Model types whose decoder positions are the running count of real tokens (what ``generate`` derives
+# from the attention mask), so a prompt's KV cache is the same for each of its K samples and can be
+# computed once and expanded. Qwen2-VL's M-RoPE keeps per-batch rope deltas inside the model: not here.
+SHARED_PREFILL_TYPES = ("llava", "idefics3")
+
+
+def shared_prefill_reason(model: Any, cfg: RolloutConfig) -> str | None:
+    """Why the prompt cannot be prefilled once per group for this model/config; None when it can."""
+    from vlalign.models.shared_prefix import hf_model
+
+    if cfg.prefill == "per_sample":
+        return "rollout.prefill is per_sample"
+    if cfg.num_samples < 2:
+        return "one sample per prompt"
+    model_type = hf_model(model).config.model_type
+    if model_type not in SHARED_PREFILL_TYPES:
+        return f"model type {model_type!r} is not one of {', '.join(SHARED_PREFILL_TYPES)}"
+    return None
+
+
+def prefill_groups(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                   images: dict[str, torch.Tensor], k: int) -> Any:
+    """KV cache of every prompt but its last token, computed once per prompt and repeated K times.
+
+    prompt_ids/prompt_mask: (B, P) left-padded; images: the B prompts' image tensors (once each).
+    The last prompt token is left out so that ``generate`` still has one new token to run, which
+    yields the first sampled token's logits for all B·K rows. Positions are the running count of
+    real tokens, as ``generate`` derives them from the same mask, so the cached keys are the ones
+    ``generate`` would have computed for each of the K rows itself.
+    """
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+    out = model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1], position_ids=positions[:, :-1],
+                **images, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(k)  # (B·K, heads, P−1, d) per layer, rows grouped by prompt
+    return cache
+
+
 @torch.no_grad()
 def hf_generate(
     model: Any, processor: Any, encoded: Sequence[EncodedPrompt], cfg: RolloutConfig
 ) -> list[list[int]]:
     """Sample K responses per prompt with ``model.generate`` (KV cache on); returns N trimmed
-    response-token lists, grouped by prompt."""
+    response-token lists, grouped by prompt.
+
+    Where :func:`shared_prefill_reason` allows it, each prompt + image runs once (B rows) and its
+    cache is expanded to the K samples; otherwise ``generate`` prefills all B·K rows.
+    """
     tok = getattr(processor, "tokenizer", processor)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     k = cfg.num_samples
-    prompt_ids, prompt_mask = left_pad([e.prompt_ids for e in encoded for _ in range(k)], pad_id)  # (N, P)
-    images, _ = repeat_image_inputs(encoded, k)
     device = next(model.parameters()).device
+    shared = shared_prefill_reason(model, cfg) is None and max(len(e.prompt_ids) for e in encoded) > 1
+    ids, mask = left_pad([e.prompt_ids for e in encoded], pad_id)  # (B, P)
+    prompt_ids, prompt_mask = ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)  # (N, P)
     extra = {"stop_strings": cfg.stop_strings, "tokenizer": tok} if cfg.stop_strings else {}
     # A sampled image placeholder would make the response unscorable ("image features and image
     # tokens do not match"), so image tokens can never be generated.
@@ -115,10 +160,17 @@ def hf_generate(
     was_training = model.training
     model.eval()
     try:
+        if shared:
+            once, _ = repeat_image_inputs(encoded, 1)
+            extra["past_key_values"] = prefill_groups(
+                model, ids.to(device), mask.to(device), {key: v.to(device) for key, v in once.items()}, k
+            )
+        else:
+            images, _ = repeat_image_inputs(encoded, k)
+            extra.update({key: v.to(device) for key, v in images.items()})
         out = model.generate(
             input_ids=prompt_ids.to(device),
             attention_mask=prompt_mask.to(device),
-            **{key: v.to(device) for key, v in images.items()},
             **sampling_kwargs(cfg),
             pad_token_id=pad_id,
             use_cache=True,

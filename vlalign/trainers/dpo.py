@@ -1,8 +1,10 @@
 """The DPO family (dpo, cdpo, ipo, hinge, simpo, orpo, kto, mdpo, dense_dpo) in one loop.
 
 Per micro-batch: ONE policy forward over [chosen_0..B-1, rejected_0..B-1 (, extra block)] sharing
-each pair's preprocessed image — with ``forward: shared_prefix`` packed as one row per pair
-[prompt+image, chosen, rejected] so the prompt and image are computed once (vlalign.models.shared_prefix); only response-token log-probs are computed; reference log-probs come
+each pair's preprocessed image — with the shared-prefix forward (``forward: auto``, the default, on
+the families where it is verified exact) packed as one row per pair [prompt+image, chosen, rejected]
+so the prompt and image are computed once (vlalign.models.shared_prefix); only response-token
+log-probs are computed; reference log-probs come
 from the on-disk cache or the adapter-disabled policy (never a second model copy); then the objective
 picked by name from ``PREFERENCE_LOSSES`` turns them into per-pair losses.
 
@@ -123,7 +125,8 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> dict[str, Any
     dataset = EncodedDataset(run.records, run.processor, collate_cfg, "pair", extra=extra)
     dataset.check_all()
     forward_name, forward, reason = pick_pair_forward(cfg.forward, run.model, extra)
-    run.log.info(f"pair forward: {forward_name}" + (f" (shared_prefix is not exact here: {reason})" if reason else ""))
+    why = f"; not shared_prefix: {reason}" if reason else ""
+    run.log.info(f"pair forward: {forward_name} (forward={cfg.forward}{why})")
 
     reference = None
     if mode == "cache":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,13 @@ class RLConfig(TrainConfig):
     clip_eps: float = Field(0.2, gt=0)
     clip_eps_high: float | None = Field(None, description="DAPO clip-higher: upper ε (default = clip_eps)")
     loss_aggregation: str = Field("seq_mean_token_mean", description="name in objectives PG_LOSS_AGGREGATIONS")
+    forward: Literal["auto", "shared_prefix", "batched"] = Field(
+        "auto",
+        description="how the policy / old-policy / reference passes score the K samples of a prompt: "
+        "shared_prefix = one packed row [prompt+image, r_1..r_K] per group (prompt and image computed once, "
+        "same log-probs); batched = one row per sample; auto = shared_prefix where it is exact (llava, "
+        "idefics3, qwen2_vl with sdpa/eager attention, K >= 2), else batched (the reason is logged)",
+    )
 
 
 # ------------------------------------------------------------------------------------------ algorithm
@@ -125,14 +133,15 @@ def minibatch_rows(n: int, num_minibatches: int, seed: int, step: int, epoch: in
     return [perm[i : i + size] for i in range(0, n, size)]
 
 
-def current_logprobs(policy: Any, mb: Any, temperature: float, with_entropy: bool = True) -> tuple[torch.Tensor, ...]:
-    """(logps (N, T), entropy (N, T)) of the minibatch's responses under the current policy (with grad)."""
-    from vlalign.models.logprobs import response_logprobs
+def current_logprobs(policy: Any, mb: Any, temperature: float, with_entropy: bool = True, *,
+                     forward: str = "batched", group_size: int = 1) -> tuple[torch.Tensor, ...]:
+    """(logps (N, T), entropy (N, T) or None) of the minibatch's responses under the current policy
+    (with grad); ``forward``/``group_size`` as in :func:`vlalign.rollout.forward.experience_logprobs`."""
+    from vlalign.rollout.forward import experience_logprobs
 
     device = mb.input_ids.device
-    out = response_logprobs(
-        policy, mb.model_inputs(), mb.response_mask.bool(), return_entropy=with_entropy, temperature=temperature
-    )
+    out = experience_logprobs(policy, mb, forward=forward, group_size=group_size, temperature=temperature,
+                              return_entropy=with_entropy)
     return out[0].to(device), (out[2] if with_entropy else None)
 
 
@@ -225,6 +234,12 @@ def run_rl(cfg: RLConfig, algorithm: str, stop_after: int | None = None) -> dict
         return ckpt.save_checkpoint(acc, out_dir, step_done, payload, cfg.save_total_limit)
 
     unwrapped = acc.unwrap_model(policy)
+    from vlalign.rollout.forward import resolve_forward
+
+    forward, why = resolve_forward(cfg.forward, unwrapped, cfg.rollout.num_samples)
+    state.extra["forward"] = forward
+    log.info(f"log-prob forward: {forward}" + (f" (shared_prefix not used: {why})" if why and cfg.forward != "batched"
+                                              else ""))
     try:
         for step in range(start, total):
             from vlalign.trainers.common import global_batch_indices
@@ -238,6 +253,8 @@ def run_rl(cfg: RLConfig, algorithm: str, stop_after: int | None = None) -> dict
                 need_old_logprobs=algo.needs_old_logprobs(cfg),
                 need_reference=ref_mode != "none" and cfg.kl_coef > 0,
                 temperature=cfg.rollout.temperature,
+                forward=forward,
+                group_size=cfg.rollout.num_samples,
             )
             exp.rewards, reward_metrics = score_with(state.extra["reward"], exp, "reward")
             metrics.update(reward_metrics)
@@ -261,7 +278,10 @@ def run_rl(cfg: RLConfig, algorithm: str, stop_after: int | None = None) -> dict
             alerts = monitors.update(step + 1, metrics)
             metrics.update(MonitorSet.as_metrics(alerts))
             if (step + 1) % cfg.logging_steps == 0 or step + 1 == total or alerts:
-                log.step(step + 1, {**metrics, **memory_metrics(), "skipped_steps": skipped})
+                # process CPU seconds so far (all threads): unlike wall time, barely moved by other jobs
+                # sharing the cores, so benchmarks on a loaded machine can compare work done
+                log.step(step + 1, {**metrics, **memory_metrics(), "skipped_steps": skipped,
+                                    "time/process_cpu_s": time.process_time()})
             for alert in alerts:
                 log.event(step + 1, {"event": "monitor", **alert.to_dict()})
             decision = MonitorSet.decision(alerts)
