@@ -123,6 +123,9 @@ def return_freed_memory_to_os(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     space was ~145 MiB of a 912 MiB rise above the import baseline (bench/dpo_memory_profile.py).
     A fixed threshold (mallopt also turns the dynamic adjustment off) keeps large tensors mmapped.
 
+    The cost: every such tensor is a fresh mmap (page faults, zero-fill) — 1.7x slower SFT steps on the
+    demo's 1M-parameter model, whose activations are mostly 0.1-2 MiB — so it is opt-in
+    (``release_freed_memory: true``); the DPO benchmark turns it on.
     Process-wide and harmless to results; skipped when the user set ``MALLOC_MMAP_THRESHOLD_``
     themselves, and a no-op (returns False) where the C library is not glibc.
     """
@@ -159,7 +162,8 @@ def setup_accelerator(cfg: Any) -> Any:
     # On a machine without GPUs, processes started by torchrun (`accelerate launch --multi_gpu`, see
     # configs/accelerate/cpu_2proc.yaml) must be told to use CPU/gloo, or each one trains alone.
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return_freed_memory_to_os()  # before the model is loaded: its tensors are the first large blocks
+    if getattr(cfg, "release_freed_memory", False):
+        return_freed_memory_to_os()  # before the model is loaded: its tensors are the first large blocks
     acc = Accelerator(
         cpu=cpu,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
