@@ -27,11 +27,10 @@ from vlalign.models.logprobs import _check_mask, project_logits, token_logprobs_
 from vlalign.models.shared_prefix import (
     PAIR_POSITIONS,
     SharedPrefixError,
-    _gather_last,
-    block_attention_mask,
     complete_inputs,
     hf_model,
     pack_layout,
+    packed_inputs,
     unsupported_reason,
 )
 
@@ -96,15 +95,7 @@ def group_logprobs(
     )  # (G, S), (G, S), (N, T)
     positions = PAIR_POSITIONS.get(hf.config.model_type)(hf, inputs)  # (N, T) or (C, N, T)
     positions_b = positions.index_select(-2, order)  # same rows, block-major
-    real = seg >= 0  # (G, S)
-    ids = _gather_last(ids_b, src)  # (G, S)
-    last = ids.gather(1, real.sum(-1, keepdim=True) - 1)  # (G, 1) padding repeats a real text token
-    packed = {
-        "input_ids": torch.where(real, ids, last),  # (G, S)
-        "position_ids": _gather_last(positions_b, src) * real,  # (G, S) or (C, G, S)
-        "attention_mask": block_attention_mask(seg, hf.get_input_embeddings().weight.dtype),  # (G, 1, S, S)
-        **group_images,
-    }
+    packed = packed_inputs(hf, ids_b, positions_b, seg, src, group_images)  # (G, S) rows
     out = model(**packed, logits_to_keep=1, output_hidden_states=True, use_cache=False)
     hidden = out.hidden_states[-1]  # (G, S, H)
 

@@ -208,6 +208,24 @@ def _gather_last(x: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
     return x.reshape(*lead, -1)[..., flat_index.reshape(-1)].reshape(*lead, *flat_index.shape)
 
 
+def packed_inputs(
+    hf: Any, ids: torch.Tensor, positions: torch.Tensor, seg: torch.Tensor, src: torch.Tensor, images: dict[str, Any]
+) -> dict[str, Any]:
+    """Model inputs of packed rows from the per-sequence ``ids`` (N, T) and ``positions`` ((N, T) or
+    (C, N, T)), given the packed layout ``seg``/``src`` (B, S) of :func:`pack_layout`; shared by the
+    pair (DPO) and group (GRPO/RLOO) packings."""
+    real = seg >= 0  # (B, S)
+    packed_ids = _gather_last(ids, src)  # (B, S)
+    # padding repeats the row's last real token (a text token: an image-token id would desync the image)
+    last = packed_ids.gather(1, real.sum(-1, keepdim=True) - 1)  # (B, 1)
+    return {
+        "input_ids": torch.where(real, packed_ids, last),  # (B, S)
+        "position_ids": _gather_last(positions, src) * real,  # (B, S) or (C, B, S)
+        "attention_mask": block_attention_mask(seg, hf.get_input_embeddings().weight.dtype),  # (B, 1, S, S)
+        **images,
+    }
+
+
 # --------------------------------------------------------------------------------- forwards
 
 
@@ -234,16 +252,7 @@ def shared_prefix_logprobs(model: Any, inputs: dict[str, Any], response_mask: to
     src, seg, hidden_at = (t.to(device) for t in pack_layout(input_ids, inputs["attention_mask"], mask, num_records))
     B, S = seg.shape
     positions = PAIR_POSITIONS.get(hf.config.model_type)(hf, inputs)  # (N, T) or (C, N, T)
-    real = seg >= 0  # (B, S)
-    ids = _gather_last(input_ids, src)  # (B, S)
-    # padding repeats the row's last real token (a text token: an image-token id would desync the image)
-    last = ids.gather(1, real.sum(-1, keepdim=True) - 1)  # (B, 1)
-    packed = {
-        "input_ids": torch.where(real, ids, last),  # (B, S)
-        "position_ids": _gather_last(positions, src) * real,  # (B, S) or (C, B, S)
-        "attention_mask": block_attention_mask(seg, hf.get_input_embeddings().weight.dtype),  # (B, 1, S, S)
-        **_block_images(inputs, N // num_records),
-    }
+    packed = packed_inputs(hf, input_ids, positions, seg, src, _block_images(inputs, N // num_records))
     out = model(**packed, logits_to_keep=1, output_hidden_states=True, use_cache=False)
     hidden = out.hidden_states[-1]  # (B, S, H)
 
