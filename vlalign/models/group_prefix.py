@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from vlalign.models.logprobs import _check_mask, project_logits, token_logprobs_and_entropy
+from vlalign.models.logprobs import _check_mask, project_logits, scatter_tokens, token_logprobs_and_entropy
 from vlalign.models.shared_prefix import (
     PAIR_POSITIONS,
     SharedPrefixError,
@@ -85,7 +85,7 @@ def group_logprobs(
     inputs = complete_inputs(model, inputs)
     input_ids = inputs["input_ids"]  # (N, T)
     mask = _check_mask(input_ids, response_mask)  # (N, T)
-    N, T = input_ids.shape
+    N = input_ids.shape[0]
     device = input_ids.device
     order = group_order(N, group_size).to(device)  # (N,) block-major row -> group-major row
     G = N // group_size
@@ -105,11 +105,7 @@ def group_logprobs(
     selected = hidden.reshape(G * hidden.shape[1], -1)[hidden_at[:, :-1][predicts]]  # (M, H)
     targets = input_ids[:, 1:][predicts]  # (M,)
     token_logp, entropy = token_logprobs_and_entropy(project_logits(model, selected, temperature), targets)
-    logps = hidden.new_zeros(N, T, dtype=torch.float32)
-    logps[:, 1:] = logps[:, 1:].masked_scatter(predicts, token_logp)
-    result: tuple[torch.Tensor, ...] = (logps, mask.float())
+    result: tuple[torch.Tensor, ...] = (scatter_tokens(token_logp, predicts), mask.float())
     if return_entropy:
-        ent = hidden.new_zeros(N, T, dtype=torch.float32)
-        ent[:, 1:] = ent[:, 1:].masked_scatter(predicts, entropy)
-        result = (*result, ent)
+        result = (*result, scatter_tokens(entropy, predicts))
     return result

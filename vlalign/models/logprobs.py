@@ -73,6 +73,17 @@ def _check_mask(input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.T
     return mask
 
 
+def scatter_tokens(values: torch.Tensor, predicts: torch.Tensor) -> torch.Tensor:
+    """Per-predicted-token values (M,) back onto the (N, T) token grid, float32, zero elsewhere.
+
+    ``predicts`` (N, T-1) marks the positions t-1 whose hidden state predicted token t (the response
+    mask shifted by one), so value m lands on token t; position 0 is never predicted.
+    """
+    grid = values.new_zeros(predicts.shape[0], predicts.shape[1] + 1, dtype=torch.float32)  # (N, T)
+    grid[:, 1:] = grid[:, 1:].masked_scatter(predicts, values.float())
+    return grid
+
+
 def response_logprobs(
     model: Any,
     inputs: dict[str, Any],
@@ -103,14 +114,9 @@ def response_logprobs(
     logits = project_logits(model, selected, temperature)  # (N, V)
     token_logp, entropy = token_logprobs_and_entropy(logits, targets)  # (N,), (N,)
 
-    B, T = input_ids.shape
-    logps = hidden.new_zeros(B, T, dtype=torch.float32)
-    logps[:, 1:] = logps[:, 1:].masked_scatter(predicts, token_logp)
-    out: tuple[torch.Tensor, ...] = (logps, mask.float())
+    out: tuple[torch.Tensor, ...] = (scatter_tokens(token_logp, predicts), mask.float())
     if return_entropy:
-        ent = hidden.new_zeros(B, T, dtype=torch.float32)
-        ent[:, 1:] = ent[:, 1:].masked_scatter(predicts, entropy)
-        out = (*out, ent)
+        out = (*out, scatter_tokens(entropy, predicts))
     if return_hidden:
         out = (*out, hidden)
     return out

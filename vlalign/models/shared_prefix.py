@@ -35,6 +35,7 @@ from vlalign.models.logprobs import (
     _check_mask,
     project_logits,
     response_logprobs,
+    scatter_tokens,
     token_logprobs_and_entropy,
     unwrap_model,
 )
@@ -247,7 +248,7 @@ def shared_prefix_logprobs(model: Any, inputs: dict[str, Any], response_mask: to
         raise SharedPrefixError(f"shared-prefix forward unavailable: {reason}")
     input_ids = inputs["input_ids"]  # (N, T)
     mask = _check_mask(input_ids, response_mask)  # (N, T)
-    N, T = input_ids.shape
+    N = input_ids.shape[0]
     device = input_ids.device
     src, seg, hidden_at = (t.to(device) for t in pack_layout(input_ids, inputs["attention_mask"], mask, num_records))
     B, S = seg.shape
@@ -260,9 +261,7 @@ def shared_prefix_logprobs(model: Any, inputs: dict[str, Any], response_mask: to
     selected = hidden.reshape(B * S, -1)[hidden_at[:, :-1][predicts]]  # (M, H)
     targets = input_ids[:, 1:][predicts]  # (M,)
     token_logp, _ = token_logprobs_and_entropy(project_logits(model, selected), targets)  # (M,)
-    logps = hidden.new_zeros(N, T, dtype=torch.float32)
-    logps[:, 1:] = logps[:, 1:].masked_scatter(predicts, token_logp)
-    return logps, mask.float()
+    return scatter_tokens(token_logp, predicts), mask.float()
 
 
 @PAIR_FORWARDS.register("batched")
