@@ -212,3 +212,26 @@ class StageClock:
     def __call__(self, name: str, t0: float) -> None:
         self.timing[name] = round(time.perf_counter() - t0, 1)
         self.log(f"[{self.tag}] {name}: {self.timing[name]:.1f} s")
+
+
+def experiment_config(cls: type, default_config: Path, config: Path | None, overrides: list[str] | None, out: Path,
+                      seed: int | None = None) -> Any:  # fmt: skip
+    """The CLI prologue of every recipe: offline by default; ``--config`` (else the recipe's default YAML,
+    when present) plus ``key=value`` overrides; ``--seed`` over the file's seed; the resolved config
+    saved as ``out/config.yaml``."""
+    from vlalign.cli_common import offline_by_default, resolve_config
+    from vlalign.config import save_config
+
+    offline_by_default()
+    path = config if config is not None else (default_config if default_config.is_file() else None)
+    cfg = resolve_config(cls, path, overrides)
+    if seed is not None:
+        cfg.seed = seed
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    return cfg
+
+
+def written_line(out: Path, result: Mapping[str, Any]) -> str:
+    """The last line every recipe prints: where its outputs are and how long it took."""
+    return f"\nwrote {out / 'metrics.json'} and {out / 'report.html'} ({result['timing_s']['total']:.0f} s)"

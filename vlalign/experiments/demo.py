@@ -28,12 +28,16 @@ from typing import Any
 import typer
 from pydantic import Field
 
-from vlalign.cli_common import CONFIG_OPTION, OVERRIDES_ARG, offline_by_default, resolve_config
+from vlalign.cli_common import CONFIG_OPTION, OVERRIDES_ARG
 from vlalign.config import BaseConfig
 from vlalign.data.shapes.generate import ShapesConfig
 from vlalign.evaluation.evaluate import EvalConfig
 from vlalign.evaluation.generate import GenerationConfig
-from vlalign.experiments.common import StageClock, start_experiment
+from vlalign.experiments.common import StageClock, experiment_config, start_experiment, written_line
+from vlalign.experiments.common import (
+    with_absolute_images as absolute_images,  # records' images made absolute
+)
+from vlalign.experiments.common import write_jsonl as write_pairs  # canonical records -> JSONL
 from vlalign.experiments.vision_warmup import VisionWarmupConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
@@ -125,13 +129,6 @@ def build_model(cfg: DemoConfig, out: Path) -> Path:
     return out
 
 
-def absolute_images(records: list[Any], base: Path) -> list[Any]:
-    """Trainers get records whose image paths no longer depend on the data folder."""
-    for r in records:
-        r.images = [str(base / p) if isinstance(p, str) and not Path(p).is_absolute() else p for p in r.images]
-    return records
-
-
 def train_config(
     kind: str, stage: Stage, model_dir: Path, data_file: Path, out: Path, seed: int, freeze: list[str] | None = None, **extra: Any
 ) -> Any:
@@ -162,16 +159,6 @@ def evaluate_dir(model_dir: Path, data_dir: Path, out: Path, cfg: DemoConfig) ->
         metrics.update(image_nll_gap(loaded.model, loaded.processor, rows))
     write_outputs(out, metrics, ctx, {"model": str(model_dir), "data": str(data_dir)})
     return metrics
-
-
-def write_pairs(pairs: list[Any], path: Path) -> Path:
-    from vlalign.data.records import to_dict
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for p in pairs:
-            f.write(json.dumps(to_dict(p)) + "\n")
-    return path
 
 
 def verdict(m: dict[str, dict[str, float]], cfg: DemoConfig) -> dict[str, Any]:
@@ -272,24 +259,55 @@ def build_sft_base(cfg: DemoConfig, out: Path, stage: StageClock, log: Any = pri
     return data, out / "sft" / "final"
 
 
+def onpolicy_prompts(data: Path, n_captions: int, n_yes_no: int) -> tuple[list[Any], list[Any]]:
+    """The first training caption prompts (as plain prompts: their biased reference is not a target)
+    and yes/no questions (with their reference: the verifier needs it), images made absolute."""
+    from vlalign.evaluation.evaluate import read_records
+    from vlalign.experiments.method_runs import as_prompt
+
+    records = read_records(data / "sft.jsonl")
+    captions = [as_prompt(r) for r in records if r.meta.get("task") == "caption"][:n_captions]
+    yes_no = [r for r in records if r.meta.get("task") == "yes_no"][:n_yes_no]
+    return absolute_images(captions, data), absolute_images(yes_no, data)
+
+
+def sample_pairs(cfg: DemoConfig, sft_model: Path, prompts: list[Any], out: Path) -> tuple[list[Any], Any, Path, dict[str, Any]]:
+    """The SFT model's answers to ``prompts``, corrected by the ground-truth verifier → on-policy pairs,
+    written to ``out/pairs/onpolicy.jsonl``. Also returns their cost (seconds, forward tokens), which
+    the experiments charge to DPO."""
+    from vlalign.experiments.method_runs import TokenCounter, text_vocab_size
+    from vlalign.experiments.onpolicy import sample_onpolicy_pairs
+    from vlalign.models.load import ModelConfig, load_model
+
+    t0 = time.perf_counter()
+    s = cfg.sampling
+    loaded = load_model(ModelConfig(name_or_path=str(sft_model)))
+    gen = cfg.generation.model_copy(update={"do_sample": True, "temperature": s.temperature, "max_new_tokens": s.max_new_tokens})
+    with TokenCounter(text_vocab_size(sft_model)) as counter:
+        pairs, stats = sample_onpolicy_pairs(
+            loaded.model, loaded.processor, prompts, gen, None, cfg.seed, s.samples_per_prompt, s.add_missing
+        )
+    del loaded
+    if not pairs:
+        raise RuntimeError("the SFT model made no hallucination on the sampled prompts: there is nothing to prefer")
+    pair_file = write_pairs(pairs, out / "pairs" / "onpolicy.jsonl")
+    return pairs, stats, pair_file, {"seconds": round(time.perf_counter() - t0, 1), "forward_tokens": counter.tokens}
+
+
 def save_demo_base(
     out: Path, data: Path, sft_model: Path, pairs: list[Any], pair_file: Path, captions: list[Any], info: dict[str, Any]
 ) -> None:
     """``out/base.json`` + the caption prompts as an RL prompt file, so the experiments can start from this
     very SFT model and these pairs: ``vlalign experiment dpo-vs-rl base_from=<demo --out>``."""
-    from vlalign.experiments.method_runs import Base, as_prompt, save_base, text_vocab_size
+    from vlalign.experiments.method_runs import Base, save_base, text_vocab_size
 
-    prompts = absolute_images([as_prompt(r) for r in captions], data)
-    prompt_file = write_pairs(prompts, out / "prompts" / "captions.jsonl")
+    prompt_file = write_pairs(captions, out / "prompts" / "captions.jsonl")
     save_base(Base(data, sft_model, pairs, pair_file, prompt_file, text_vocab_size(sft_model), info), out)
 
 
 def run_demo(cfg: DemoConfig, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
     """The whole demo; returns (and writes) ``metrics.json``'s content."""
 
-    from vlalign.evaluation.evaluate import read_records
-    from vlalign.experiments.onpolicy import sample_onpolicy_pairs
-    from vlalign.models.load import ModelConfig, load_model
     from vlalign.trainers.dpo import train_dpo
     from vlalign.trainers.sft import train_sft
 
@@ -301,28 +319,10 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, log: Any = print) -> dict[str
     data, sft_model = build_sft_base(cfg, out, stage, log)
 
     t0 = time.perf_counter()
-    sft_records = read_records(data / "sft.jsonl")
-    captions = [r for r in sft_records if r.meta.get("task") == "caption"][: cfg.sampling.n_prompts]
-    yes_no = [r for r in sft_records if r.meta.get("task") == "yes_no"][: cfg.sampling.n_yes_no]
-    loaded = load_model(ModelConfig(name_or_path=str(sft_model)))
-    gen = cfg.generation.model_copy(
-        update={"do_sample": True, "temperature": cfg.sampling.temperature, "max_new_tokens": cfg.sampling.max_new_tokens}
-    )
-    from vlalign.experiments.method_runs import TokenCounter, text_vocab_size
-
-    with TokenCounter(text_vocab_size(sft_model)) as counter:  # the pairs' cost, charged to DPO by the experiments
-        pairs, pair_stats = sample_onpolicy_pairs(
-            loaded.model, loaded.processor, captions + yes_no, gen, str(data), cfg.seed, cfg.sampling.samples_per_prompt,
-            cfg.sampling.add_missing,
-        )
-    del loaded
-    if not pairs:
-        raise RuntimeError("the SFT model made no hallucination on the sampled prompts: nothing to prefer")
-    pairs = absolute_images(pairs, data)
-    pair_file = write_pairs(pairs, out / "pairs" / "onpolicy.jsonl")
+    captions, yes_no = onpolicy_prompts(data, cfg.sampling.n_prompts, cfg.sampling.n_yes_no)
+    pairs, pair_stats, pair_file, sampling_cost = sample_pairs(cfg, sft_model, captions + yes_no, out)
     stage("pairs", t0)
     log(f"[demo] on-policy pairs: {pair_stats.to_dict()}")
-    sampling_cost = {"seconds": timing["pairs"], "forward_tokens": counter.tokens}
     save_demo_base(out, data, sft_model, pairs, pair_file, captions,
                    {"pairs": pair_stats.to_dict(), "pair_sampling": sampling_cost, "timing_s": dict(timing)})  # fmt: skip
 
@@ -366,18 +366,11 @@ def demo_command(
     overrides: list[str] | None = OVERRIDES_ARG,
 ) -> None:
     """SFT a tiny VLM into hallucinating, fix it with on-policy DPO, compare with an SFT control."""
-    offline_by_default()
-    from vlalign.config import save_config
     from vlalign.evaluation.report import markdown_table, metrics_table
 
-    path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    cfg = resolve_config(DemoConfig, path, overrides)
-    if seed is not None:
-        cfg.seed = seed
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    cfg = experiment_config(DemoConfig, DEFAULT_CONFIG, config, overrides, out, seed)
     result = run_demo(cfg, out, log=lambda s: typer.echo(s, err=True))
     groups = {k: result[k] for k in ("sft", "dpo", "control") if k in result}
     typer.echo(markdown_table(metrics_table(groups, KEYS, baseline="sft")))
     typer.echo("\n" + verdict_text(result["verdict"], cfg))
-    typer.echo(f"\nwrote {out / 'metrics.json'} and {out / 'report.html'} ({result['timing_s']['total']:.0f} s)")
+    typer.echo(written_line(out, result))

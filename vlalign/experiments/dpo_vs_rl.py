@@ -31,8 +31,8 @@ from typing import Any
 import typer
 from pydantic import Field, model_validator
 
-from vlalign.cli_common import CONFIG_OPTION, OVERRIDES_ARG, offline_by_default, resolve_config
-from vlalign.experiments.common import start_experiment
+from vlalign.cli_common import CONFIG_OPTION, OVERRIDES_ARG
+from vlalign.experiments.common import experiment_config, start_experiment, written_line
 from vlalign.experiments.method_runs import ExperimentBase
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "dpo_vs_rl.yaml"
@@ -239,13 +239,7 @@ def dpo_vs_rl_command(
     overrides: list[str] | None = OVERRIDES_ARG,
 ) -> None:
     """DPO vs PPO vs GRPO: same SFT model, prompts and budget; metrics, cost per improvement, seeds."""
-    offline_by_default()
-    from vlalign.config import save_config
-
-    path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    cfg = resolve_config(DPOvsRLConfig, path, overrides)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    cfg = experiment_config(DPOvsRLConfig, DEFAULT_CONFIG, config, overrides, out)
     result = run_dpo_vs_rl(cfg, out, log=lambda s: typer.echo(s, err=True))
     typer.echo("\n".join(result["summary"]))
-    typer.echo(f"\nwrote {out / 'metrics.json'} and {out / 'report.html'} ({result['timing_s']['total']:.0f} s)")
+    typer.echo(written_line(out, result))

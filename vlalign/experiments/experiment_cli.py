@@ -27,25 +27,17 @@ def reward_sources(
     overrides: list[str] | None = OVERRIDES_ARG,
 ) -> None:
     """Human-label RM vs CLIP AI feedback vs rule verifiers as DPO labels, at several label budgets."""
-    from vlalign.cli_common import offline_by_default, resolve_config
-
-    offline_by_default()
-    from vlalign.config import save_config
     from vlalign.evaluation.report import markdown_table
+    from vlalign.experiments.common import experiment_config, written_line
     from vlalign.experiments.reward_sources import RewardSourcesConfig, run_reward_sources
     from vlalign.experiments.reward_sources_report import labels_table, runs_table, verdict_text
 
-    default = CONFIGS / "reward_sources.yaml"
-    cfg = resolve_config(RewardSourcesConfig, config if config is not None else (default if default.is_file() else None), overrides)
-    if seed is not None:
-        cfg.seed = seed
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    cfg = experiment_config(RewardSourcesConfig, CONFIGS / "reward_sources.yaml", config, overrides, out, seed)
     result = run_reward_sources(cfg, out, log=lambda s: typer.echo(s, err=True))
     typer.echo(markdown_table(labels_table(result)) + "\n")
     typer.echo(markdown_table(runs_table(result)))
     typer.echo("\n" + verdict_text(result, cfg.noise_tol))
-    typer.echo(f"\nwrote {out / 'metrics.json'} and {out / 'report.html'} ({result['timing_s']['total']:.0f} s)")
+    typer.echo(written_line(out, result))
 
 
 def _register_kl_sweep_and_dpo_vs_rl() -> None:

@@ -34,9 +34,9 @@ from typing import Any
 import typer
 from pydantic import Field
 
-from vlalign.cli_common import CONFIG_OPTION, OVERRIDES_ARG, offline_by_default, resolve_config
+from vlalign.cli_common import CONFIG_OPTION, OVERRIDES_ARG
 from vlalign.config import BaseConfig
-from vlalign.experiments.common import start_experiment
+from vlalign.experiments.common import experiment_config, start_experiment, written_line
 from vlalign.experiments.method_runs import ExperimentBase
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "kl_sweep.yaml"
@@ -259,15 +259,7 @@ def kl_sweep_command(
     overrides: list[str] | None = OVERRIDES_ARG,
 ) -> None:
     """Sweep DPO's β and the RL KL coefficient from one SFT model: fidelity vs diversity vs KL."""
-    offline_by_default()
-    from vlalign.config import save_config
-
-    path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    cfg = resolve_config(KLSweepConfig, path, overrides)
-    if seed is not None:
-        cfg.seed = seed
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    cfg = experiment_config(KLSweepConfig, DEFAULT_CONFIG, config, overrides, out, seed)
     result = run_kl_sweep(cfg, out, log=lambda s: typer.echo(s, err=True))
     typer.echo("\n".join(result["summary"]))
-    typer.echo(f"\nwrote {out / 'metrics.json'} and {out / 'report.html'} ({result['timing_s']['total']:.0f} s)")
+    typer.echo(written_line(out, result))

@@ -154,11 +154,8 @@ class Base:
 def prepare_base(cfg: ExperimentBase, out: Path, log: Callable[[str], None]) -> Base:
     """Shapes data → tiny model → SFT → on-policy pairs (one sample per training caption prompt,
     corrected by the verifier); also writes those prompts as the RL prompt file."""
-    from vlalign.evaluation.evaluate import read_records
     from vlalign.experiments.common import StageClock
-    from vlalign.experiments.demo import absolute_images, build_sft_base, write_pairs
-    from vlalign.experiments.onpolicy import sample_onpolicy_pairs
-    from vlalign.models.load import ModelConfig, load_model
+    from vlalign.experiments.demo import build_sft_base, onpolicy_prompts, sample_pairs, write_pairs
 
     demo = cfg.demo_view()
     out = out.resolve()  # files written below hold absolute image paths: they must not depend on the cwd
@@ -166,27 +163,11 @@ def prepare_base(cfg: ExperimentBase, out: Path, log: Callable[[str], None]) -> 
     data, sft_model = build_sft_base(demo, out, clock, log)
     info: dict[str, Any] = {"timing_s": {**clock.timing, "data+sft": round(sum(clock.timing.values()), 1)}}
 
-    n_prompts = max(cfg.sampling.n_prompts, cfg.n_rl_prompts or 0)
-    sft_records = read_records(data / "sft.jsonl")
-    captions = [r for r in sft_records if r.meta.get("task") == "caption"][:n_prompts]
-    yes_no = absolute_images([r for r in sft_records if r.meta.get("task") == "yes_no"][: cfg.sampling.n_yes_no], data)
-    prompts = absolute_images([as_prompt(r) for r in captions], data)
-    prompt_file = write_pairs(prompts[: cfg.n_rl_prompts or cfg.sampling.n_prompts], out / "prompts" / "captions.jsonl")
+    captions, yes_no = onpolicy_prompts(data, max(cfg.sampling.n_prompts, cfg.n_rl_prompts or 0), cfg.sampling.n_yes_no)
+    prompt_file = write_pairs(captions[: cfg.n_rl_prompts or cfg.sampling.n_prompts], out / "prompts" / "captions.jsonl")
     vocab = text_vocab_size(sft_model)
-    t0 = time.perf_counter()
-    loaded = load_model(ModelConfig(name_or_path=str(sft_model)))
-    gen = cfg.generation.model_copy(update={"do_sample": True, "temperature": cfg.sampling.temperature,
-                                            "max_new_tokens": cfg.sampling.max_new_tokens})  # fmt: skip
-    with TokenCounter(vocab) as counter:
-        pairs, stats = sample_onpolicy_pairs(loaded.model, loaded.processor, prompts[: cfg.sampling.n_prompts] + yes_no, gen,
-                                             None, cfg.seed, cfg.sampling.samples_per_prompt,
-                                             cfg.sampling.add_missing)  # fmt: skip
-    del loaded
-    if not pairs:
-        raise RuntimeError("the SFT model made no hallucination on the sampled prompts: there is nothing to prefer")
-    pair_file = write_pairs(pairs, out / "pairs" / "onpolicy.jsonl")
+    pairs, stats, pair_file, info["pair_sampling"] = sample_pairs(demo, sft_model, captions[: cfg.sampling.n_prompts] + yes_no, out)
     info["pairs"] = stats.to_dict()
-    info["pair_sampling"] = {"seconds": round(time.perf_counter() - t0, 1), "forward_tokens": counter.tokens}
     log(f"[base] on-policy pairs: {stats.to_dict()} ({info['pair_sampling']['seconds']:.0f} s)")
     return save_base(Base(data, sft_model, pairs, pair_file, prompt_file, vocab, info), out)
 
@@ -361,26 +342,20 @@ def probe_samples(model: Any, processor: Any, reference: Any, prompts: list[Any]
     }
 
 
-def device_of_choice() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class Measurer:
     """Evaluates trained models against the SFT reference (loaded once) on fixed held-out prompts,
     on the GPU when there is one."""
 
     def __init__(self, base: Base, cfg: ExperimentBase) -> None:
         from vlalign.evaluation.evaluate import read_records
-        from vlalign.experiments.demo import absolute_images
+        from vlalign.experiments.common import device, with_absolute_images
         from vlalign.models.load import ModelConfig, load_model
 
-        self.base, self.cfg, self.device = base, cfg, device_of_choice()
+        self.base, self.cfg, self.device = base, cfg, device()
         ref = load_model(ModelConfig(name_or_path=str(base.sft_model))).model
         self.reference = ref.eval().requires_grad_(False).to(self.device)
         recs = read_records(base.data_dir / "eval_captions.jsonl", cfg.probe.n_prompts)
-        self.prompts = absolute_images(recs, base.data_dir)
+        self.prompts = with_absolute_images(recs, base.data_dir)
 
     def __call__(self, model_dir: Path, out: Path) -> dict[str, float]:
         """Metrics of ``model_dir`` (reused from ``out/probe.json`` when a resumed run measured it already)."""

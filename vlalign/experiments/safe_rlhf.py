@@ -35,11 +35,11 @@ from typing import Any
 import typer
 from pydantic import Field, field_validator
 
-from vlalign.cli_common import CONFIG_OPTION, OVERRIDES_ARG, offline_by_default, resolve_config
+from vlalign.cli_common import CONFIG_OPTION, OVERRIDES_ARG
 from vlalign.config import BaseConfig
 from vlalign.data.shapes.generate import ShapesConfig
 from vlalign.evaluation.generate import GenerationConfig
-from vlalign.experiments.common import StageClock, start_experiment
+from vlalign.experiments.common import StageClock, experiment_config, start_experiment, written_line
 from vlalign.experiments.demo import ModelSize, Stage
 from vlalign.registry import Registry
 
@@ -348,15 +348,7 @@ def safe_rlhf_command(
     overrides: list[str] | None = OVERRIDES_ARG,
 ) -> None:
     """Safe-PPO vs reward-only PPO from a helpful-only SFT model: harmful compliance and benign refusal."""
-    offline_by_default()
-    from vlalign.config import save_config
-
-    path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    cfg = resolve_config(SafeRLHFConfig, path, overrides)
-    if seed is not None:
-        cfg.seed = seed
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    cfg = experiment_config(SafeRLHFConfig, DEFAULT_CONFIG, config, overrides, out, seed)
     result = run_safe_rlhf(cfg, out, log=lambda s: typer.echo(s, err=True))
     typer.echo("\n".join(result["summary"]))
-    typer.echo(f"\nwrote {out / 'metrics.json'} and {out / 'report.html'} ({result['timing_s']['total']:.0f} s)")
+    typer.echo(written_line(out, result))
