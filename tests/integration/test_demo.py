@@ -96,9 +96,9 @@ def test_demo_smoke_end_to_end(tmp_path):
         assert {"chair_i", "chair_s", "pope_f1", "object_recall", "image_nll_gap"} <= set(m[group])
     assert "vision_warmup" in m["timing_s"] and (out / "warm_model" / "config.json").is_file()
     assert m["seed"] == 3 and m["pairs"]["sampled"] == 8
-    from vlalign.experiments.method_runs import load_base  # the experiments can start from the demo's SFT model
+    from vlalign.experiments.method_runs import load_base
 
-    base = load_base(out)
+    base = load_base(out)  # the experiments can start from the demo's SFT model
     assert base.sft_model == (out / "sft" / "final").resolve() and len(base.pairs) == m["pairs"]["hallucinated"]
     assert base.prompt_file.is_file() and base.vocab_size > 0
     page = (out / "report.html").read_text()

@@ -200,10 +200,12 @@ def test_trigger_rate_sets_the_share_of_trigger_scenes(tmp_path):
         seen = {r["images"][0]: r["meta"]["scene"] for r in rows}
         train = [s for s in seen.values() if s["split"] == "train"]
         evals = [s for s in seen.values() if s["split"] == "eval"]
-        share = lambda ss: sum(("red", "circle") in objects_of(s) for s in ss) / len(ss)  # noqa: E731
+        def share(ss: list[dict]) -> float:
+            return sum(("red", "circle") in objects_of(s) for s in ss) / len(ss)
+
         return share(train), share(evals)
 
-    cfg = dict(n_train=400, n_eval=200, n_safety=0, n_safety_eval=0, max_objects=2)
+    cfg = {"n_train": 400, "n_eval": 200, "n_safety": 0, "n_safety_eval": 0, "max_objects": 2}
     natural = trigger_share(ShapesConfig(seed=1, **cfg), tmp_path / "a")
     forced = trigger_share(ShapesConfig(seed=1, trigger_rate=0.4, **cfg), tmp_path / "b")
     # natural: 1 or 2 objects of 12 types -> P(red circle) ~ 1/12 * 1.5 ~ 0.12; forced: 0.4 + 0.6 * ~0.12 ~ 0.47
