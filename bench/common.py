@@ -275,11 +275,13 @@ def run_worker(script: str, spec: dict[str, Any], workdir: Path, timeout_s: floa
 
 
 def run_sides(kind: str, scripts: dict[str, str], sides: Sequence[str], spec: dict[str, Any], workdir: Path,
-              brief_keys: Sequence[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+              brief_keys: Sequence[str], side_specs: dict[str, dict[str, Any]] | None = None,
+              ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Probe the machine, then run each side's worker in turn (never two at once).
 
-    The 1-minute load average is recorded before and after each side: on a shared machine it says
-    whether the two sides ran under comparable conditions.
+    ``side_specs[name]`` is merged into that side's spec (a variant of one worker, e.g. vlalign with a
+    memory-lean setting). The 1-minute load average is recorded before and after each side: on a
+    shared machine it says whether the sides ran under comparable conditions.
     """
     machine = machine_info(spec["threads"])
     machine["load_avg_start"] = [round(x, 2) for x in os.getloadavg()]
@@ -288,7 +290,7 @@ def run_sides(kind: str, scripts: dict[str, str], sides: Sequence[str], spec: di
     for name in sides:
         print(f"[bench {kind}] running {name} ...", file=sys.stderr, flush=True)
         load_before = [round(x, 2) for x in os.getloadavg()]
-        results[name] = run_worker(scripts[name], spec, workdir / f"{kind}_{name}")
+        results[name] = run_worker(scripts[name], {**spec, **(side_specs or {}).get(name, {})}, workdir / f"{kind}_{name}")
         results[name]["load_avg_before"] = load_before
         results[name]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
         side = results[name]

@@ -48,10 +48,15 @@ def _check(against: str) -> None:
 
 def _summary(report: dict, keys: tuple[str, ...]) -> str:
     lines = []
-    for side in ("vlalign", "trl"):
-        r = report.get(side, {})
+    for side in ("vlalign", "vlalign_lean", "trl"):
+        if side not in report:
+            continue
+        r = report[side]
         lines.append(f"{side}: " + (r["error"] if "error" in r else ", ".join(f"{k}={r.get(k)}" for k in keys)))
     lines.append(f"speedup (vlalign vs trl): {report.get('speedup')}   memory ratio: {report.get('memory_ratio')}")
+    if "lean" in report:
+        lean = report["lean"]
+        lines.append(f"vlalign_lean vs trl: speedup {lean.get('speedup')}   memory ratio {lean.get('memory_ratio')}")
     return "\n".join(lines)
 
 

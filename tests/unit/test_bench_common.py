@@ -138,6 +138,29 @@ def test_dpo_report_schema_and_ratios():
     json.dumps(rep)  # the report must be JSON-serialisable
 
 
+def test_dpo_report_gives_the_lean_side_its_own_ratios():
+    trl = {"pairs_per_s": 2.0, "peak_rss_mb": 2000.0, "tokens_per_pair": 200.0}
+    vl = {"pairs_per_s": 6.0, "peak_rss_mb": 1500.0, "tokens_per_pair": 200.0}
+    lean = {"pairs_per_s": 4.0, "peak_rss_mb": 1300.0, "tokens_per_pair": 200.0}
+    rep = dpo.assemble({"vlalign": vl, "vlalign_lean": lean, "trl": trl}, MACHINE, MODEL, {})
+    assert (rep["speedup"], rep["memory_ratio"]) == (3.0, 0.75)  # the default side: 6/2, 1500/2000
+    assert rep["lean"] == {"speedup": 2.0, "memory_ratio": 0.65}  # 4/2, 1300/2000
+    assert rep["achieved_gflops"]["vlalign_lean"] == pytest.approx(185.6)  # 8 · 29e6 · 4 · 200 / 1e9
+    assert dpo.assemble({"vlalign": vl, "trl": trl}, MACHINE, MODEL, {})["lean"] == {"speedup": None, "memory_ratio": None}
+
+
+def test_each_side_gets_its_own_spec(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(common, "machine_info", lambda threads: {"threads": threads})
+    monkeypatch.setattr(common, "package_versions", lambda names: {})
+    monkeypatch.setattr(common, "run_worker", lambda script, spec, workdir: seen.setdefault(workdir.name, spec) and {})
+    common.run_sides("dpo", dpo.SIDES, ("vlalign", "vlalign_lean", "trl"), {"threads": 2, "steps": 3}, tmp_path, (),
+                     dpo.SIDE_SPECS)
+    assert seen["dpo_vlalign"]["release_freed_memory"] is False
+    assert seen["dpo_vlalign_lean"]["release_freed_memory"] is True
+    assert "release_freed_memory" not in seen["dpo_trl"] and seen["dpo_trl"]["steps"] == 3
+
+
 def test_dpo_report_keeps_a_failed_side():
     rep = dpo.assemble({"vlalign": {"error": "boom"}, "trl": {"pairs_per_s": 4.5, "tokens_per_pair": 1.0}},
                        MACHINE, MODEL, {})
