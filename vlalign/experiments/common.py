@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,6 +187,18 @@ def plot_vs_budget(curves: Mapping[str, Mapping[int, float]], metric: str, basel
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
+
+
+def run_once(out: Path, train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``train()``'s summary, written to ``out/train.json``; a run whose ``train.json`` and ``final/`` model
+    both exist is not redone (its summary comes back with ``reused: True``), so running an interrupted
+    experiment again with the same ``--out`` continues where it stopped."""
+    done = out / "train.json"
+    if done.is_file() and (out / "final").is_dir():
+        return {**json.loads(done.read_text()), "reused": True}
+    info = train()
+    done.write_text(json.dumps(info, indent=2) + "\n")
+    return info
 
 
 def start_experiment(threads: int | None, out_dir: str | Path) -> Path:

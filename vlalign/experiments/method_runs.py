@@ -282,20 +282,20 @@ METHODS.register("ppo")(lambda base, cfg, coef, seed, out: _train_rl("ppo", base
 
 def train_method(method: str, base: Base, cfg: ExperimentBase, coef: float, seed: int, out: Path) -> dict[str, Any]:
     """Train, timing it and counting its forward tokens; returns the run's cost and status (also
-    written to ``out/train.json``). A run whose ``train.json`` and final model exist is not redone:
-    running an interrupted experiment again with the same ``--out`` continues where it stopped."""
-    done = out / "train.json"
-    if done.is_file() and (out / "final").is_dir():
-        return {**json.loads(done.read_text()), "reused": True}
-    t0 = time.perf_counter()
-    with TokenCounter(base.vocab_size) as counter:
-        res = METHODS.get(method)(base, cfg, coef, seed, out)
-    res.update({"seconds": round(time.perf_counter() - t0, 2), "forward_tokens": counter.tokens})
-    if method == "dpo":  # the pairs' sampling is part of DPO's cost: charged in full to every DPO run
-        res["seconds"] = round(res["seconds"] + base.info["pair_sampling"]["seconds"], 2)
-        res["forward_tokens"] += base.info["pair_sampling"]["forward_tokens"]
-    done.write_text(json.dumps(res, indent=2) + "\n")
-    return res
+    written to ``out/train.json``; a finished run is not redone, see :func:`run_once`)."""
+    from vlalign.experiments.common import run_once
+
+    def train() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        with TokenCounter(base.vocab_size) as counter:
+            res = METHODS.get(method)(base, cfg, coef, seed, out)
+        res.update({"seconds": round(time.perf_counter() - t0, 2), "forward_tokens": counter.tokens})
+        if method == "dpo":  # the pairs' sampling is part of DPO's cost: charged in full to every DPO run
+            res["seconds"] = round(res["seconds"] + base.info["pair_sampling"]["seconds"], 2)
+            res["forward_tokens"] += base.info["pair_sampling"]["forward_tokens"]
+        return res
+
+    return run_once(out, train)
 
 
 # ------------------------------------------------------------------------------------------ measurement

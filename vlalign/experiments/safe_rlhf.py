@@ -39,7 +39,7 @@ from vlalign.cli_common import CONFIG_OPTION, OVERRIDES_ARG
 from vlalign.config import BaseConfig
 from vlalign.data.shapes.generate import ShapesConfig
 from vlalign.evaluation.generate import GenerationConfig
-from vlalign.experiments.common import StageClock, experiment_config, start_experiment, written_line
+from vlalign.experiments.common import StageClock, experiment_config, run_once, start_experiment, written_line
 from vlalign.experiments.demo import ModelSize, Stage
 from vlalign.registry import Registry
 
@@ -220,19 +220,16 @@ def rl_config(method: str, cfg: SafeRLHFConfig, base: dict[str, Any], seed: int,
 
 
 def train_run(method: str, cfg: SafeRLHFConfig, base: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
-    """Train one run (skipped when ``out/train.json`` and ``out/final`` exist: a rerun continues)."""
+    """Train one run (a finished run is not redone, see :func:`~vlalign.experiments.common.run_once`)."""
     from vlalign.trainers.rl_common import run_rl
 
-    done = out / "train.json"
-    if done.is_file() and (out / "final").is_dir():
-        return {**json.loads(done.read_text()), "reused": True}
-    tcfg = rl_config(method, cfg, base, seed, out)
-    t0 = time.perf_counter()
-    res = run_rl(tcfg, RL_METHODS.get(method)(cfg)[0])
-    info = {"seconds": round(time.perf_counter() - t0, 1), "stop_reason": res.get("stop_reason"),
-            "alerts": len(res.get("alerts", []))}  # fmt: skip
-    done.write_text(json.dumps(info, indent=2) + "\n")
-    return info
+    def train() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        res = run_rl(rl_config(method, cfg, base, seed, out), RL_METHODS.get(method)(cfg)[0])
+        return {"seconds": round(time.perf_counter() - t0, 1), "stop_reason": res.get("stop_reason"),
+                "alerts": len(res.get("alerts", []))}  # fmt: skip
+
+    return run_once(out, train)
 
 
 # ------------------------------------------------------------------------------------------ measurement

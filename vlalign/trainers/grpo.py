@@ -35,7 +35,7 @@ def pg_loss(mb: Any, state: RLState, kl_in_loss: bool) -> tuple[torch.Tensor, di
     """Clipped policy-gradient loss of a minibatch (shared by GRPO and RLOO)."""
     cfg = state.cfg
     logps, entropy = current_logprobs(state.policy, mb, cfg.rollout.temperature,
-                                      forward=state.extra.get("forward", "batched"), group_size=cfg.rollout.num_samples)
+                                      forward=state.forward, group_size=cfg.rollout.num_samples)
     old = mb.old_logprobs if mb.old_logprobs is not None else logps.detach()
     mask = mb.response_mask
     use_kl = kl_in_loss and cfg.kl_coef > 0 and mb.ref_logprobs is not None

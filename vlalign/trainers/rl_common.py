@@ -73,6 +73,7 @@ class RLState:
     cfg: RLConfig
     modules: dict[str, torch.nn.Module] = field(default_factory=dict)  # trained with the policy (value heads)
     extra: dict[str, Any] = field(default_factory=dict)  # KL controller, Lagrange multiplier, sources ...
+    forward: str = "batched"  # log-prob forward the loop resolved from cfg.forward (rollout.forward.resolve_forward)
 
 
 class RLAlgorithm:
@@ -237,7 +238,7 @@ def run_rl(cfg: RLConfig, algorithm: str, stop_after: int | None = None) -> dict
     from vlalign.rollout.forward import resolve_forward
 
     forward, why = resolve_forward(cfg.forward, unwrapped, cfg.rollout.num_samples)
-    state.extra["forward"] = forward
+    state.forward = forward
     log.info(f"log-prob forward: {forward}" + (f" (shared_prefix not used: {why})" if why and cfg.forward != "batched"
                                               else ""))
     try:
