@@ -85,6 +85,9 @@ class DPOStage(Stage):
     loss: str = "dpo"
     beta: float = Field(0.1, gt=0)
     sft_weight: float = Field(0.0, ge=0, description="+ this × NLL of chosen (the control trains this term alone)")
+    replay_yes_no: int = Field(0, ge=0, description="SFT yes/no rows replayed beside the pairs, in DPO and the "
+                               "control alike (trainers' `replay`); 0 = off")  # fmt: skip
+    replay_weight: float = Field(1.0, ge=0)
 
 
 class DemoConfig(BaseConfig):
@@ -294,6 +297,16 @@ def sample_pairs(cfg: DemoConfig, sft_model: Path, prompts: list[Any], out: Path
     return pairs, stats, pair_file, {"seconds": round(time.perf_counter() - t0, 1), "forward_tokens": counter.tokens}
 
 
+def replay_config(data: Path, d: DPOStage, out: Path) -> dict[str, Any]:
+    """The trainers' ``replay`` section: the first ``replay_yes_no`` SFT yes/no rows (written to
+    ``out/replay/yes_no.jsonl``), replayed beside the pairs. WHY: caption training alone moved the yes/no
+    answers (POPE) on one seed; replaying the SFT mixture's other task holds them (see configs/demo.yaml)."""
+    if not d.replay_yes_no:
+        return {}
+    _, rows = onpolicy_prompts(data, 0, d.replay_yes_no)
+    return {"train": str(write_pairs(rows, out / "replay" / "yes_no.jsonl")), "weight": d.replay_weight}
+
+
 def save_demo_base(
     out: Path, data: Path, sft_model: Path, pairs: list[Any], pair_file: Path, captions: list[Any], info: dict[str, Any]
 ) -> None:
@@ -328,12 +341,14 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, log: Any = print) -> dict[str
 
     t0 = time.perf_counter()
     d = cfg.dpo
+    replay = replay_config(data, d, out)
     train_dpo(train_config("dpo", d, sft_model, pair_file, out / "dpo", cfg.seed, cfg.freeze, loss=d.loss, beta=d.beta,
-                           sft_weight=d.sft_weight), pairs)  # fmt: skip
+                           sft_weight=d.sft_weight, replay=replay), pairs)  # fmt: skip
     stage("dpo", t0)
     if cfg.run_control:
         t0 = time.perf_counter()
-        train_sft(train_config("sft", d, sft_model, pair_file, out / "control", cfg.seed, cfg.freeze), pairs)
+        train_sft(train_config("sft", d, sft_model, pair_file, out / "control", cfg.seed, cfg.freeze, replay=replay),
+                  pairs)  # fmt: skip
         stage("control", t0)
 
     t0 = time.perf_counter()

@@ -27,6 +27,7 @@ from vlalign.objectives.preference_registry import PREFERENCE_LOSSES, Preference
 from vlalign.trainers.common import LoopSpec, StepResult, train_loop
 from vlalign.trainers.configs import DPOConfig
 from vlalign.trainers.reference import AdapterReference, CachedReference, build_reference_cache, fingerprint
+from vlalign.trainers.replay import Replay, build_replay, replay_nll
 from vlalign.trainers.run import finish_run, start_run
 
 # loss name -> extra response block it needs (see vlalign.data.collate.EXTRA_BLOCKS)
@@ -87,7 +88,7 @@ def add_extra_block(pb: PreferenceBatchLogps, extra: str | None, logps: torch.Te
 
 
 def dpo_micro_step(model: Any, batch: Any, objective: Any, hparams: dict, reference: Any, extra: str | None,
-                   sft_weight: float, forward: Any) -> StepResult:
+                   sft_weight: float, forward: Any, replay: Replay | None = None) -> StepResult:
     B = batch.num_records
     logps, mask = forward(model, batch.inputs, batch.response_mask, B)  # (N, T), (N, T)
     ref = reference(model, batch) if reference is not None else None  # (N, T) or None
@@ -98,6 +99,11 @@ def dpo_micro_step(model: Any, batch: Any, objective: Any, hparams: dict, refere
     avg_chosen = pb.policy_chosen_logps / pb.chosen_token_count.clamp(min=1)  # (B,)
     if sft_weight:
         loss_sum = loss_sum + sft_weight * (-avg_chosen).sum()
+    replay_sum = None
+    if replay is not None:  # one replay row per pair: + weight × its token-mean NLL
+        nll, count = replay_nll(model, replay.batch(batch.rows))  # (B,), (B,)
+        replay_sum = (nll / count.clamp(min=1)).sum()
+        loss_sum = loss_sum + replay.weight * replay_sum
     margin = out.chosen_rewards - out.rejected_rewards  # (B,)
     sums = {
         "reward_chosen": out.chosen_rewards.sum(),
@@ -109,6 +115,8 @@ def dpo_micro_step(model: Any, batch: Any, objective: Any, hparams: dict, refere
     }
     if ref is not None:  # per-token log-ratio on the chosen answers: a sample estimate of KL(π‖π_ref)
         sums["kl_ref"] = ((pb.policy_chosen_logps.detach() - pb.ref_chosen_logps) / pb.chosen_token_count.clamp(min=1)).sum()
+    if replay_sum is not None:
+        sums["replay_nll"] = replay_sum
     for k, v in out.extras.items():
         sums[f"loss_{k}"] = v.sum()
     return StepResult(loss_sum, {k: v.detach() for k, v in sums.items()}, int(batch.inputs["attention_mask"].sum()))
@@ -124,6 +132,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> dict[str, Any
     collate_cfg = CollateConfig(cfg.data.max_length, cfg.model.max_pixels)
     dataset = EncodedDataset(run.records, run.processor, collate_cfg, "pair", extra=extra)
     dataset.check_all()
+    replay = build_replay(cfg, run.processor, collate_cfg, run.log)
     forward_name, forward, reason = pick_pair_forward(cfg.forward, run.model, extra)
     why = f"; not shared_prefix: {reason}" if reason else ""
     run.log.info(f"pair forward: {forward_name} (forward={cfg.forward}{why})")
@@ -146,7 +155,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> dict[str, Any
         batches=dataset.batch,
         units=lambda b: b.num_records,
         micro_step=lambda b: dpo_micro_step(run.model, b, objective, hparams, reference, extra, cfg.sft_weight,
-                                                forward),
+                                                forward, replay),
         num_rows=len(dataset),
         unit_name="pairs",
     )

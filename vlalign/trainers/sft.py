@@ -12,29 +12,46 @@ from vlalign.data.collate import CollateConfig, EncodedDataset
 from vlalign.models.logprobs import response_logprobs
 from vlalign.trainers.common import LoopSpec, StepResult, train_loop
 from vlalign.trainers.configs import SFTConfig
+from vlalign.trainers.replay import Replay, build_replay, replay_nll
 from vlalign.trainers.run import finish_run, start_run
 
 
-def sft_micro_step(model: Any, batch: Any) -> StepResult:
-    """Sum of response-token NLLs of one micro-batch (the loop divides by the global token count)."""
+def sft_micro_step(model: Any, batch: Any, replay: Replay | None = None) -> StepResult:
+    """Sum of response-token NLLs of one micro-batch (the loop divides by the global token count).
+
+    With ``replay``, each row's replay row joins the batch: + weight × its token NLL sum, and its
+    tokens count in the global token total (``units`` below), so weight 1 = plain extra SFT rows."""
     logps, mask = response_logprobs(model, batch.inputs, batch.response_mask)  # (B, T), (B, T)
     nll_sum = -(logps * mask).sum()
+    loss_sum, metrics = nll_sum, {"nll": nll_sum.detach()}
     tokens = int(batch.inputs["attention_mask"].sum())
-    return StepResult(loss_sum=nll_sum, metric_sums={"nll": nll_sum.detach()}, tokens=tokens)
+    if replay is not None:
+        rb = replay.batch(batch.rows)
+        replay_sum = replay_nll(model, rb)[0].sum()
+        loss_sum = loss_sum + replay.weight * replay_sum
+        metrics["replay_nll"] = replay_sum.detach()
+        tokens += int(rb.inputs["attention_mask"].sum())
+    return StepResult(loss_sum=loss_sum, metric_sums=metrics, tokens=tokens)
 
 
 def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> dict[str, Any]:
     """Run SFT as configured; returns the run summary (``final/`` holds the trained model)."""
     run = start_run(cfg, records)
-    dataset = EncodedDataset(run.records, run.processor, CollateConfig(cfg.data.max_length, cfg.model.max_pixels), "sft")
+    collate_cfg = CollateConfig(cfg.data.max_length, cfg.model.max_pixels)
+    dataset = EncodedDataset(run.records, run.processor, collate_cfg, "sft")
     dataset.check_all()
+    replay = build_replay(cfg, run.processor, collate_cfg, run.log)
+
+    def units(b: Any) -> int:  # response tokens of the batch (+ those of its replay rows)
+        return int(b.response_mask.sum()) + (replay.response_tokens(b.rows) if replay else 0)
+
     spec = LoopSpec(
         model=run.model,
         optimizer=run.optimizer,
         scheduler=run.scheduler,
         batches=dataset.batch,
-        units=lambda b: int(b.response_mask.sum()),
-        micro_step=lambda b: sft_micro_step(run.model, b),
+        units=units,
+        micro_step=lambda b: sft_micro_step(run.model, b, replay),
         num_rows=len(dataset),
         unit_name="response_tokens",
     )
