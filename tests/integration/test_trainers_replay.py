@@ -45,9 +45,10 @@ def cfg(cls, model_dir, data_path, out, **kw):
     return cls.model_validate({**base, **kw})
 
 
-def replay_rows_of_step0(model_dir, replay_path, n_train, seed=0, global_batch=8):
-    """The replay rows step 0 trains with, and each one's response-token NLL sum and count, computed
-    through the full (B, T, V) logits — another code path than the trainer's."""
+def replay_rows_of_step0(model_dir, replay_path, n_train, seed=0, global_batch=8, rows=None):
+    """The replay rows step 0 trains with (or those of training rows ``rows``), and each one's
+    response-token NLL sum and count, computed through the full (B, T, V) logits — another code path
+    than the trainer's."""
     from vlalign.data.collate import CollateConfig
     from vlalign.data.validate import load_records
     from vlalign.models.load import ModelConfig, load_model
@@ -57,7 +58,7 @@ def replay_rows_of_step0(model_dir, replay_path, n_train, seed=0, global_batch=8
 
     loaded = load_model(ModelConfig(name_or_path=str(model_dir)))
     replay = Replay(load_records(str(replay_path)).records, loaded.processor, CollateConfig(128, None), 1.0, seed)
-    rb = replay.batch(global_batch_indices(0, n_train, global_batch, seed))
+    rb = replay.batch(list(rows) if rows is not None else global_batch_indices(0, n_train, global_batch, seed))
     with torch.no_grad():
         logps = response_logprobs_naive(loaded.model, rb.inputs, rb.response_mask)  # (B, T)
     mask = rb.response_mask[:, :].float()
@@ -136,3 +137,49 @@ def test_replay_rows_without_reference_fail_naming_the_file(llava, trainer_data,
     bad.write_text(json.dumps({"id": "q2", "images": [], "prompt": "Hi?", "reference": "No.", "meta": {}}) + "\n")
     with pytest.raises(ValueError, match=r"bad_replay.jsonl:row 0: images"):  # validated like the main data
         train_dpo(cfg(DPOConfig, llava, trainer_data[0], tmp_path / "run2", replay={"train": str(bad)}))
+
+
+# ------------------------------------------------------------------------------------------ RL (PPO-ptx)
+
+
+def _rl_cfg(tmp, model, replay_path=None, **kw):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_rl_helpers import prompt_file, rl_overrides
+
+    from vlalign.trainers.grpo import GRPOConfig
+
+    extra = {"replay": {"train": str(replay_path), "weight": 2.0}} if replay_path else {}
+    return GRPOConfig.model_validate(rl_overrides(tmp, model, prompt_file(tmp / "data"), **extra, **kw))
+
+
+def test_grpo_loss_gains_weight_times_the_replay_nll(llava, replay_file, tmp_path):
+    from vlalign.trainers.grpo import train_grpo
+
+    plain = _rl_cfg(tmp_path / "plain", llava, max_steps=1)
+    with_replay = _rl_cfg(tmp_path / "replay", llava, replay_file, max_steps=1)
+    train_grpo(plain)
+    train_grpo(with_replay)
+    a, b = read_metrics(plain.output_dir)[0], read_metrics(with_replay.output_dir)[0]
+    assert a["reward/mean"] == b["reward/mean"]  # the same rollout: replay changes only the update
+    # rollout 0 trains experience rows 0..7 (2 prompts × 4 samples) → replay rows perm[r mod 6]
+    nll, count = replay_rows_of_step0(llava, replay_file, n_train=8, global_batch=8, rows=range(8))
+    expected = float((nll / count).mean())
+    assert b["replay_nll"] == pytest.approx(expected, rel=1e-4)
+    assert b["loss"] - a["loss"] == pytest.approx(2.0 * expected, rel=1e-3, abs=1e-5)
+
+
+def test_grpo_with_replay_keeps_the_replay_rows_likelier(llava, replay_file, tmp_path):
+    """Measured change: after 6 rollouts at a high learning rate the replay rows' NLL is lower with the
+    replay term than without it."""
+    from vlalign.trainers.grpo import train_grpo
+
+    runs = {}
+    for name, path in (("plain", None), ("replay", replay_file)):
+        cfg = _rl_cfg(tmp_path / name, llava, path, max_steps=6, learning_rate=1e-2)
+        train_grpo(cfg)
+        nll, count = replay_rows_of_step0(cfg.output_dir + "/final", replay_file, n_train=6, rows=range(6))
+        runs[name] = float((nll / count).mean())
+    assert runs["replay"] < runs["plain"] - 0.05, runs

@@ -297,14 +297,14 @@ def sample_pairs(cfg: DemoConfig, sft_model: Path, prompts: list[Any], out: Path
     return pairs, stats, pair_file, {"seconds": round(time.perf_counter() - t0, 1), "forward_tokens": counter.tokens}
 
 
-def replay_config(data: Path, d: DPOStage, out: Path) -> dict[str, Any]:
-    """The trainers' ``replay`` section: the first ``replay_yes_no`` SFT yes/no rows (written to
-    ``out/replay/yes_no.jsonl``), replayed beside the pairs. WHY: caption training alone moved the yes/no
-    answers (POPE) on one seed; replaying the SFT mixture's other task holds them (see configs/demo.yaml)."""
-    if not d.replay_yes_no:
+def replay_config(data: Path, n_yes_no: int, weight: float, out: Path) -> dict[str, Any]:
+    """The trainers' ``replay`` section: the first ``n_yes_no`` SFT yes/no rows (written to
+    ``out/replay/yes_no.jsonl``), replayed beside the training data. WHY: caption training alone moved the
+    yes/no answers (POPE) on one seed; replaying the SFT mixture's other task holds them (configs/demo.yaml)."""
+    if not n_yes_no:
         return {}
-    _, rows = onpolicy_prompts(data, 0, d.replay_yes_no)
-    return {"train": str(write_pairs(rows, out / "replay" / "yes_no.jsonl")), "weight": d.replay_weight}
+    _, rows = onpolicy_prompts(data, 0, n_yes_no)
+    return {"train": str(write_pairs(rows, out / "replay" / "yes_no.jsonl")), "weight": weight}
 
 
 def save_demo_base(
@@ -341,7 +341,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path, log: Any = print) -> dict[str
 
     t0 = time.perf_counter()
     d = cfg.dpo
-    replay = replay_config(data, d, out)
+    replay = replay_config(data, d.replay_yes_no, d.replay_weight, out)
     train_dpo(train_config("dpo", d, sft_model, pair_file, out / "dpo", cfg.seed, cfg.freeze, loss=d.loss, beta=d.beta,
                            sft_weight=d.sft_weight, replay=replay), pairs)  # fmt: skip
     stage("dpo", t0)

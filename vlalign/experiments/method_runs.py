@@ -52,6 +52,8 @@ class RLStage(BaseConfig):
     learning_rate: float = Field(2e-4, gt=0)
     max_new_tokens: int = Field(40, ge=1)
     temperature: float = Field(1.0, gt=0)
+    replay_yes_no: int = Field(0, ge=0, description="SFT yes/no rows replayed beside each update (PPO-ptx); 0 = off")
+    replay_weight: float = Field(1.0, ge=0)
     extra: dict[str, Any] = Field(default_factory=dict, description="any other key of the trainer's config")
 
 
@@ -236,12 +238,12 @@ def rl_available(name: str) -> bool:
 @METHODS.register("dpo")
 def train_dpo_method(base: Base, cfg: ExperimentBase, coef: float, seed: int, out: Path) -> dict[str, Any]:
     """DPO from the SFT model on the shared on-policy pairs; ``coef`` is β."""
-    from vlalign.experiments.demo import train_config
+    from vlalign.experiments.demo import replay_config, train_config
     from vlalign.trainers.dpo import train_dpo
 
     d = cfg.dpo
     tcfg = train_config("dpo", d, base.sft_model, base.pair_file, out, seed, cfg.freeze, loss=d.loss, beta=coef,
-                        sft_weight=d.sft_weight)  # fmt: skip
+                        sft_weight=d.sft_weight, replay=replay_config(base.data_dir, d.replay_yes_no, d.replay_weight, out))  # fmt: skip
     summary = train_dpo(tcfg, base.pairs)
     return {"stop_reason": None, "alerts": 0, "updates": d.steps, "responses_per_update": 2 * d.batch_size,
             "summary_keys": sorted(summary)}  # fmt: skip
@@ -249,6 +251,8 @@ def train_dpo_method(base: Base, cfg: ExperimentBase, coef: float, seed: int, ou
 
 def rl_train_config(name: str, base: Base, cfg: ExperimentBase, coef: float, seed: int, out: Path) -> Any:
     """The trainer config of one RL run: one update per rollout, the ground-truth verifier as reward."""
+    from vlalign.experiments.demo import replay_config
+
     module, cls_name, _ = RL_TRAINERS[name]
     stage: RLStage = getattr(cfg, name)
     cls = getattr(importlib.import_module(module), cls_name)
@@ -261,7 +265,8 @@ def rl_train_config(name: str, base: Base, cfg: ExperimentBase, coef: float, see
         "rollout": {"num_samples": stage.num_samples, "max_new_tokens": stage.max_new_tokens,
                     "temperature": stage.temperature},
         "reward": {"name": "shapes_rules"}, "kl_coef": coef,
-        "monitors": [m.model_dump() for m in cfg.monitors], **stage.extra,
+        "monitors": [m.model_dump() for m in cfg.monitors],
+        "replay": replay_config(base.data_dir, stage.replay_yes_no, stage.replay_weight, out), **stage.extra,
     }  # fmt: skip
     return cls.model_validate(values)
 

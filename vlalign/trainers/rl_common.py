@@ -29,7 +29,8 @@ from vlalign.monitors import MonitorSet, MonitorSpec
 from vlalign.registry import Registry
 from vlalign.rewards.composite import RewardSourceConfig
 from vlalign.rollout.config import RolloutConfig
-from vlalign.trainers.configs import TrainConfig
+from vlalign.trainers.configs import ReplayConfig, TrainConfig
+from vlalign.trainers.replay import build_replay, replay_nll
 
 
 class RLConfig(TrainConfig):
@@ -52,6 +53,11 @@ class RLConfig(TrainConfig):
     clip_eps: float = Field(0.2, gt=0)
     clip_eps_high: float | None = Field(None, description="DAPO clip-higher: upper ε (default = clip_eps)")
     loss_aggregation: str = Field("seq_mean_token_mean", description="name in objectives PG_LOSS_AGGREGATIONS")
+    replay: ReplayConfig = Field(
+        default_factory=ReplayConfig,
+        description="SFT rows trained beside each policy update (InstructGPT's PPO-ptx): one replay row per "
+        "experience row, + weight × the mean of their token-mean NLLs, added to every minibatch loss",
+    )
     forward: Literal["auto", "shared_prefix", "batched"] = Field(
         "auto",
         description="how the policy / old-policy / reference passes score the K samples of a prompt: "
@@ -74,6 +80,7 @@ class RLState:
     modules: dict[str, torch.nn.Module] = field(default_factory=dict)  # trained with the policy (value heads)
     extra: dict[str, Any] = field(default_factory=dict)  # KL controller, Lagrange multiplier, sources ...
     forward: str = "batched"  # log-prob forward the loop resolved from cfg.forward (rollout.forward.resolve_forward)
+    replay: Any = None  # vlalign.trainers.replay.Replay when cfg.replay.train is set (PPO-ptx)
 
 
 class RLAlgorithm:
@@ -202,6 +209,7 @@ def run_rl(cfg: RLConfig, algorithm: str, stop_after: int | None = None) -> dict
 
     records, base_dir = load_prompt_records(cfg)
     collate_cfg = CollateConfig(max_length=cfg.data.max_length, max_pixels=cfg.model.max_pixels, base_dir=base_dir)
+    state.replay = build_replay(cfg, processor, CollateConfig(cfg.data.max_length, cfg.model.max_pixels))
     total = cfg.max_steps or max(1, int(cfg.num_epochs * len(records) // cfg.per_device_batch_size))
     updates_per_rollout = cfg.ppo_epochs * cfg.num_minibatches
     trainable = torch.nn.ModuleDict({"policy": policy, **state.modules})
@@ -226,6 +234,8 @@ def run_rl(cfg: RLConfig, algorithm: str, stop_after: int | None = None) -> dict
     log = RunLogger(acc, out_dir, total, start, cfg.progress, cfg)
     if latest is not None:
         log.info(f"resumed from {latest} at rollout {start}")
+    if state.replay is not None:
+        log.info(f"replay: {len(state.replay.perm)} rows from {cfg.replay.train}, weight {cfg.replay.weight}")
     monitors = MonitorSet(cfg.monitors)
     consecutive, stop_reason = 0, None
     last_good: Path | None = latest
@@ -307,6 +317,13 @@ def run_rl(cfg: RLConfig, algorithm: str, stop_after: int | None = None) -> dict
             "alerts": [a.to_dict() for a in monitors.alerts], "skipped_steps": skipped}
 
 
+def replay_loss(state: RLState, keys: list[int], device: Any) -> torch.Tensor:
+    """Mean token-mean NLL of the replay rows of ``keys`` (rollout × rows + row: a fixed function of
+    where the update is, so a resumed run replays the same rows)."""
+    nll, count = replay_nll(state.policy, state.replay.batch(keys).to(device))  # (B,), (B,)
+    return (nll / count.clamp(min=1)).mean()
+
+
 def _update(acc: Any, algo: RLAlgorithm, state: RLState, exp: Any, optimizer: Any, scheduler: Any,
             step: int) -> tuple[dict[str, float], bool]:
     """PPO epochs × minibatches of optimizer steps on one rollout; returns averaged metrics and
@@ -322,6 +339,10 @@ def _update(acc: Any, algo: RLAlgorithm, state: RLState, exp: Any, optimizer: An
                 continue
             mb = exp.select(rows).to(acc.device)
             loss, m = algo.loss(mb, state)
+            if state.replay is not None:
+                replay = replay_loss(state, [step * exp.num_rows + r for r in rows], acc.device)
+                loss = loss + state.replay.weight * replay
+                m["replay_nll"] = float(replay.detach())
             finite = bool(torch.isfinite(loss))
             if finite:
                 acc.backward(loss)
