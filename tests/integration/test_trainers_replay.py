@@ -183,3 +183,22 @@ def test_grpo_with_replay_keeps_the_replay_rows_likelier(llava, replay_file, tmp
         nll, count = replay_rows_of_step0(cfg.output_dir + "/final", replay_file, n_train=6, rows=range(6))
         runs[name] = float((nll / count).mean())
     assert runs["replay"] < runs["plain"] - 0.05, runs
+
+
+def test_grpo_with_replay_resumes_exactly(llava, replay_file, tmp_path):
+    """Replay rows are keyed by (rollout, row), so a run killed after rollout 3 and resumed from its
+    checkpoint at rollout 2 ends with bit-identical weights (CPU)."""
+    from vlalign.trainers.grpo import train_grpo
+    from vlalign.trainers.rl_common import _Interrupt
+
+    kw = {"max_steps": 4, "save_steps": 2, "learning_rate": 1e-2, "kl_coef": 0.04, "ppo_epochs": 2, "num_minibatches": 2}
+    full = _rl_cfg(tmp_path / "full", llava, replay_file, **kw)
+    train_grpo(full)
+    killed = _rl_cfg(tmp_path / "killed", llava, replay_file, **kw)
+    with pytest.raises(_Interrupt):
+        train_grpo(killed, stop_after=3)
+    train_grpo(killed.model_copy(update={"resume": True}))
+    a = load_file(f"{full.output_dir}/final/model.safetensors")
+    b = load_file(f"{killed.output_dir}/final/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any("replay_nll" in r for r in read_metrics(killed.output_dir))
