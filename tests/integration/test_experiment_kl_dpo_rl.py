@@ -198,6 +198,25 @@ def test_dpo_vs_rl_minimal_run_reuses_base(sweep, tmp_path):
     assert "mean ± std" in (tmp_path / "report.html").read_text()
 
 
+def test_dpo_vs_rl_sft_control_trains_on_the_corrected_answers(sweep, tmp_path):
+    from vlalign.experiments.dpo_vs_rl import run_dpo_vs_rl
+
+    base_out, _, _ = sweep
+    cfg = DPOvsRLConfig.model_validate({**MINI, "methods": ["sft_control"], "seeds": [0], "base_from": str(base_out)})
+    res = run_dpo_vs_rl(cfg, tmp_path, log=lambda s: None)
+    (run,) = res["runs"]
+    assert run["train"]["updates"] == cfg.dpo.steps  # DPO's budget, no coefficient needed
+    assert run["train"]["forward_tokens"] > res["base"]["pair_sampling"]["forward_tokens"]  # charged the pairs
+    sft_cfg = (tmp_path / "runs" / "sft_control_seed0" / "config.yaml").read_text()
+    assert "onpolicy" in sft_cfg  # trained on the pairs file (chosen answers), not on the SFT data
+    assert res["aggregate"]["sft_control"]["n_seeds"] == 1
+
+
+def test_kl_sweep_refuses_a_method_without_a_coefficient():
+    with pytest.raises(ValueError, match="no coefficient to sweep"):
+        KLSweepConfig.model_validate({**MINI, "methods": ["dpo", "sft_control"]})
+
+
 # ------------------------------------------------------------------------------------------ full runs
 
 

@@ -1,5 +1,6 @@
 """`vlalign experiment dpo-vs-rl`: DPO vs PPO vs GRPO from the same SFT model, on the same prompts,
-with the same budget — final metrics, wall-clock and compute per improvement, and stability over seeds.
+with the same budget — final metrics, wall-clock and compute per improvement, and stability over seeds —
+beside ``sft_control``: DPO's budget of plain SFT on the pairs' corrected answers.
 
 Same data: the training caption prompts. DPO trains on verifier-corrected pairs sampled once from
 the SFT model on those prompts (on-policy RLHF-V style); GRPO/PPO sample the same prompts online
@@ -51,7 +52,7 @@ class DPOvsRLConfig(ExperimentBase):
         problems = budget_problems(self)
         if problems:
             raise ValueError("unequal budgets: " + "; ".join(problems))
-        missing = [m for m in self.methods if m not in self.coefs]
+        missing = [m for m in self.methods if m not in self.coefs and m != "sft_control"]
         if missing:
             raise ValueError(f"coefs has no entry for {missing}; add e.g. coefs.{missing[0]}=0.1")
         return self
@@ -59,8 +60,10 @@ class DPOvsRLConfig(ExperimentBase):
 
 def budget_problems(cfg: DPOvsRLConfig) -> list[str]:
     """Each way an RL method's budget differs from DPO's, as a message with the fix."""
-    d, out = cfg.dpo, []
-    for m in (m for m in cfg.methods if m != "dpo"):
+    from vlalign.experiments.method_runs import RL_TRAINERS
+
+    d, out = cfg.dpo, []  # sft_control runs DPO's own stage, so only the RL methods can differ
+    for m in (m for m in cfg.methods if m in RL_TRAINERS):
         s = getattr(cfg, m)
         if s.steps != d.steps:
             out.append(f"{m}.steps={s.steps} but dpo.steps={d.steps}; set both to the same number of updates")
@@ -181,7 +184,7 @@ def write_report(out: Path, result: dict[str, Any], cfg: DPOvsRLConfig) -> Path:
     rep.heading("Training curves (first seed)")
     first = {r["method"]: read_metrics_jsonl(Path(r["dir"]) / "metrics.jsonl") for r in result["runs"] if r["seed"] == cfg.seeds[0]
              and (Path(r["dir"]) / "metrics.jsonl").is_file()}  # fmt: skip
-    rl = {m: rows_ for m, rows_ in first.items() if m != "dpo"}
+    rl = {m: rows_ for m, rows_ in first.items() if m not in ("dpo", "sft_control")}
     if rl:
         rep.figure(plot_curves(rl, ["reward/mean", "kl/mean", "policy/entropy"], smooth_window=3), "RL rollouts")
     if "dpo" in first:
@@ -218,7 +221,7 @@ def run_dpo_vs_rl(cfg: DPOvsRLConfig, out_dir: str | Path, log: Any = print) -> 
     for seed in cfg.seeds:
         for method in methods:
             run_dir = out / "runs" / f"{method}_seed{seed}"
-            train = train_method(method, base, cfg, cfg.coefs[method], seed, run_dir)
+            train = train_method(method, base, cfg, cfg.coefs.get(method, float("nan")), seed, run_dir)
             metrics = measure(run_dir / "final", out / "eval" / f"{method}_seed{seed}")
             runs.append({"method": method, "seed": seed, "dir": str(run_dir), "metrics": metrics, "train": train})
             (out / "runs_partial.json").write_text(json.dumps(runs, indent=2) + "\n")  # survives an interruption

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from vlalign.cli_common import CONFIG_OPTION, OVERRIDES_ARG
 from vlalign.config import BaseConfig
@@ -63,6 +63,13 @@ class KLSweepConfig(ExperimentBase):
     grpo_kl_coefs: list[float] = Field(default_factory=lambda: [0.0, 0.02, 0.1, 0.5])
     ppo_kl_coefs: list[float] = Field(default_factory=lambda: [0.0, 0.02, 0.1, 0.5])
     rule: StableRule = Field(default_factory=StableRule)
+
+    @model_validator(mode="after")
+    def _sweepable(self) -> KLSweepConfig:
+        bad = [m for m in self.methods if m not in ("dpo", "grpo", "ppo")]
+        if bad:
+            raise ValueError(f"kl-sweep methods {bad} have no coefficient to sweep; choose from dpo, grpo, ppo")
+        return self
 
     def coefs(self, method: str) -> list[float]:
         return {"dpo": self.dpo_betas, "grpo": self.grpo_kl_coefs, "ppo": self.ppo_kl_coefs}[method]

@@ -220,6 +220,8 @@ def as_prompt(rec: Any) -> Any:
 
 # method name -> train(base, cfg, coef, seed, out) -> summary dict; a method is one function.
 METHODS: Registry[Callable[..., dict[str, Any]]] = Registry("method")
+# methods trained on the shared on-policy pairs (their one-off sampling is charged to each run)
+PAIR_METHODS = ("dpo", "sft_control")
 # RL method -> (module, config class, train function) — PPO is used only when its module exists.
 RL_TRAINERS = {"grpo": ("vlalign.trainers.grpo", "GRPOConfig", "train_grpo"),
                "ppo": ("vlalign.trainers.ppo", "PPOConfig", "train_ppo")}  # fmt: skip
@@ -247,6 +249,20 @@ def train_dpo_method(base: Base, cfg: ExperimentBase, coef: float, seed: int, ou
     summary = train_dpo(tcfg, base.pairs)
     return {"stop_reason": None, "alerts": 0, "updates": d.steps, "responses_per_update": 2 * d.batch_size,
             "summary_keys": sorted(summary)}  # fmt: skip
+
+
+@METHODS.register("sft_control")
+def train_sft_control(base: Base, cfg: ExperimentBase, coef: float, seed: int, out: Path) -> dict[str, Any]:
+    """The same-budget control: DPO's steps, batch and learning rate of plain SFT on the pairs' chosen
+    (verifier-corrected) answers, with DPO's replay. A gain the control also gets comes from supervised
+    training on corrected answers, not from preferences or rewards. ``coef`` is unused."""
+    from vlalign.experiments.demo import replay_config, train_config
+    from vlalign.trainers.sft import train_sft
+
+    d = cfg.dpo
+    train_sft(train_config("sft", d, base.sft_model, base.pair_file, out, seed, cfg.freeze,
+                           replay=replay_config(base.data_dir, d.replay_yes_no, d.replay_weight, out)), base.pairs)  # fmt: skip
+    return {"stop_reason": None, "alerts": 0, "updates": d.steps, "responses_per_update": d.batch_size}
 
 
 def rl_train_config(name: str, base: Base, cfg: ExperimentBase, coef: float, seed: int, out: Path) -> Any:
@@ -295,7 +311,7 @@ def train_method(method: str, base: Base, cfg: ExperimentBase, coef: float, seed
         with TokenCounter(base.vocab_size) as counter:
             res = METHODS.get(method)(base, cfg, coef, seed, out)
         res.update({"seconds": round(time.perf_counter() - t0, 2), "forward_tokens": counter.tokens})
-        if method == "dpo":  # the pairs' sampling is part of DPO's cost: charged in full to every DPO run
+        if method in PAIR_METHODS:  # the pairs' sampling is part of their cost: charged in full to every run
             res["seconds"] = round(res["seconds"] + base.info["pair_sampling"]["seconds"], 2)
             res["forward_tokens"] += base.info["pair_sampling"]["forward_tokens"]
         return res
