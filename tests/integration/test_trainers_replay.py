@@ -132,7 +132,7 @@ def test_replay_rows_without_reference_fail_naming_the_file(llava, trainer_data,
     image = str(next((trainer_data[0].parent / "images").glob("*.png")))
     bad = tmp_path / "bad_replay.jsonl"
     bad.write_text(json.dumps({"id": "q1", "images": [image], "prompt": "Hi?", "meta": {}}) + "\n")
-    with pytest.raises(ValueError, match=r"replay.train .*bad_replay.jsonl.*q1.*no reference"):
+    with pytest.raises(ValueError, match=r"replay.train .*bad_replay.jsonl.*q1.*no `reference`"):
         train_dpo(cfg(DPOConfig, llava, trainer_data[0], tmp_path / "run", replay={"train": str(bad)}))
     bad.write_text(json.dumps({"id": "q2", "images": [], "prompt": "Hi?", "reference": "No.", "meta": {}}) + "\n")
     with pytest.raises(ValueError, match=r"bad_replay.jsonl:row 0: images"):  # validated like the main data

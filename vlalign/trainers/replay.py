@@ -60,8 +60,9 @@ def build_replay(cfg: Any, processor: Any, collate_cfg: CollateConfig, log: Any 
         raise ValueError(f"replay.train {rc.train}: no usable rows (rows: {result.n_rows}, bad: {result.n_bad_rows})")
     missing = [r.id for r in records if getattr(r, "reference", None) is None]
     if missing:
-        raise ValueError(f"replay.train {rc.train}: rows {missing[:5]} have no reference answer to replay "
-                         "(replay rows are SFT rows: prompt + reference)")  # fmt: skip
+        raise ValueError(f"replay.train {rc.train}: {len(missing)} rows (first: {missing[:5]}) have no `reference` "
+                         "answer to replay; replay rows are SFT rows (prompt + reference): add the field, or point "
+                         "replay.train at SFT data")  # fmt: skip
     if log is not None:
         log.info(f"replay: {len(records)} rows from {rc.train}, weight {rc.weight}")
     return Replay(records, processor, collate_cfg, rc.weight, cfg.seed)
