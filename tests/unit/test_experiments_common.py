@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from vlalign.experiments.common import run_once
 
@@ -26,3 +27,16 @@ def test_run_once_retrains_when_the_model_is_missing(tmp_path):
     (tmp_path / "train.json").write_text('{"seconds": 9}')
     assert run_once(tmp_path, lambda: {"seconds": 2}) == {"seconds": 2}
     assert json.loads((tmp_path / "train.json").read_text()) == {"seconds": 2}
+
+
+def test_with_absolute_images_resolves_a_relative_base(tmp_path, monkeypatch):
+    """A relative --out (runs/demo) once wrote replay rows whose image paths were relative to the working
+    directory, so loading them from the file's own folder failed; paths must come out absolute."""
+    from types import SimpleNamespace
+
+    from vlalign.experiments.common import with_absolute_images
+
+    monkeypatch.chdir(tmp_path)
+    recs = [SimpleNamespace(images=["images/a.png", "/abs/b.png"])]
+    (out,) = with_absolute_images(recs, Path("runs/demo/data"))
+    assert out.images == [str(tmp_path / "runs/demo/data/images/a.png"), "/abs/b.png"]

@@ -118,7 +118,9 @@ def write_jsonl(records: Sequence[Any], path: Path) -> Path:
 
 
 def with_absolute_images(records: Sequence[Any], base: Path) -> list[Any]:
-    """Relative image paths → absolute, so records can be written anywhere and still load."""
+    """Relative image paths → absolute, so records can be written anywhere and still load. ``base`` is
+    resolved first: a relative ``--out`` (runs/demo) must not leave paths relative to the working directory."""
+    base = Path(base).resolve()
     for r in records:
         r.images = [str(base / p) if isinstance(p, str) and not Path(p).is_absolute() else p for p in r.images]
     return list(records)
