@@ -184,7 +184,9 @@ def write_report(out: Path, result: dict[str, Any], cfg: DPOvsRLConfig) -> Path:
     rep.heading("Training curves (first seed)")
     first = {r["method"]: read_metrics_jsonl(Path(r["dir"]) / "metrics.jsonl") for r in result["runs"] if r["seed"] == cfg.seeds[0]
              and (Path(r["dir"]) / "metrics.jsonl").is_file()}  # fmt: skip
-    rl = {m: rows_ for m, rows_ in first.items() if m not in ("dpo", "sft_control")}
+    from vlalign.experiments.method_runs import RL_TRAINERS
+
+    rl = {m: rows_ for m, rows_ in first.items() if m in RL_TRAINERS}
     if rl:
         rep.figure(plot_curves(rl, ["reward/mean", "kl/mean", "policy/entropy"], smooth_window=3), "RL rollouts")
     if "dpo" in first:

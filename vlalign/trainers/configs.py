@@ -94,7 +94,8 @@ def _check_name(registry: Any, name: str) -> None:
 
 
 class ReplayConfig(BaseConfig):
-    """Supervised rows replayed beside the training data (the "ptx" term of InstructGPT, for SFT/DPO).
+    """Supervised rows replayed beside the training data (the "ptx" term of InstructGPT; SFT, DPO and the
+    RL trainers, which key replay rows by (rollout, experience row) instead of by training row).
 
     WHY: training on one task's data moves the shared language model on the others. On the demo, DPO on
     corrected captions also pulled the model's yes/no answers towards "No" (POPE F1 −0.022 on one seed);
