@@ -64,6 +64,13 @@ def test_evaluate_all_tasks_with_reference(tiny, shapes_dir):
     assert len(ctx.answers["pope"]) == 18 and len(ctx.answers["chair"]) == 6
     for key in POPE_KEYS | SAFETY_KEYS | {"chair_i", "chair_s", "object_recall"}:
         assert 0.0 <= metrics[key] <= 1.0, key
+    # every rate with per-item values reproduces the reported metric exactly from those items
+    expected = {"chair_i", "chair_s", "object_recall", "pope_f1", "pope_accuracy", "pope_yes_ratio",
+                "pope_random_f1", "pope_adversarial_accuracy", "preference_accuracy", *SAFETY_KEYS}
+    assert expected <= set(ctx.items)
+    for key, iv in ctx.items.items():
+        assert iv.value() == pytest.approx(metrics[key], nan_ok=True), key
+    assert len(ctx.items["pope_f1"].ids) == 18 and len(ctx.items["pope_random_f1"].ids) == 6
 
 
 def test_eval_cli_writes_files_and_names_policy_only_metric(tiny, shapes_dir, tmp_path):
@@ -81,6 +88,15 @@ def test_eval_cli_writes_files_and_names_policy_only_metric(tiny, shapes_dir, tm
     assert CHAIR_KEYS | POPE_KEYS <= set(m)
     summary = (out / "summary.md").read_text()
     assert "| chair_i |" in summary and "policy's own log-prob margin" in summary
+    assert "95% CI over items" in summary
+    cis = json.loads((out / "metrics.json").read_text())["intervals"]
+    for key in ("chair_i", "pope_f1", "preference_accuracy_policy_logp"):
+        assert cis[key]["low"] <= m[key] <= cis[key]["high"] and cis[key]["n"] > 0, key
+    from vlalign.evaluation.items import load_items, paired_difference
+
+    items = load_items(out)
+    same = paired_difference(items["pope_f1"], items["pope_f1"])  # a model against itself: exactly 0
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
     assert (out / "config.yaml").is_file() and (out / "answers.jsonl").read_text().count("\n") == 4 + 12 + 0
     assert "pope_f1" in res.output
 

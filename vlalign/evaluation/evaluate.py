@@ -32,6 +32,15 @@ from pydantic import Field
 from vlalign.config import BaseConfig
 from vlalign.data.records import Record, from_dict
 from vlalign.evaluation.generate import GenerationConfig, generate_answers
+from vlalign.evaluation.items import (
+    ITEMS_FILE,
+    ItemValues,
+    chair_items,
+    intervals,
+    pope_items,
+    rate_items,
+    save_items,
+)
 from vlalign.registry import Registry
 
 POPE_SPLITS = ("random", "popular", "adversarial")
@@ -68,6 +77,7 @@ class EvalContext:
     cfg: EvalConfig
     ref_model: Any = None
     answers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # task -> rows for answers.jsonl
+    items: dict[str, ItemValues] = field(default_factory=dict)  # metric -> per-item values (for its CI)
 
     def read(self, name: str) -> list[Record]:
         return read_records(self.data_dir / name, self.cfg.limit)
@@ -131,6 +141,11 @@ def chair_task(ctx: EvalContext) -> dict[str, float]:
     scenes = [_scene(r, "eval_captions.jsonl") for r in recs]
     texts = ctx.generate(recs)
     res = chair(texts, scenes)
+    said = [caption_objects(t) for t in texts]
+    truth = [set(objects_of(sc)) for sc in scenes]
+    ctx.items.update(chair_items(
+        [r.id for r in recs], [len(a - t) for a, t in zip(said, truth)], [len(a) for a in said],
+        [len(t) for t in truth], [len(a & t) for a, t in zip(said, truth)]))
     out = {
         "chair_i": res.chair_i,
         "chair_s": res.chair_s,
@@ -146,6 +161,8 @@ def chair_task(ctx: EvalContext) -> dict[str, float]:
         probe = [t for t, s in zip(texts, scenes) if trigger in objects_of(s) and companion not in objects_of(s)]
         # Share of trigger-without-companion images whose caption claims the companion (the learned bias).
         out["bias_rate"] = sum(companion in caption_objects(t) for t in probe) / len(probe) if probe else float("nan")
+        probe_ids = [r.id for r, s in zip(recs, scenes) if trigger in objects_of(s) and companion not in objects_of(s)]
+        ctx.items["bias_rate"] = rate_items(probe_ids, [companion in caption_objects(t) for t in probe])
     ctx.answers["chair"] = [
         {"id": r.id, "prompt": r.prompt, "answer": t, "truth": r.reference} for r, t in zip(recs, texts)
     ]
@@ -154,7 +171,7 @@ def chair_task(ctx: EvalContext) -> dict[str, float]:
 
 @EVAL_TASKS.register("pope")
 def pope_task(ctx: EvalContext) -> dict[str, float]:
-    from vlalign.evaluation.hallucination import pope_by_split
+    from vlalign.evaluation.hallucination import parse_yes_no, pope_by_split
 
     recs: list[Record] = []
     for split in POPE_SPLITS:
@@ -168,6 +185,11 @@ def pope_task(ctx: EvalContext) -> dict[str, float]:
         prefix = "pope" if split == "all" else f"pope_{split}"
         for key in ("accuracy", "precision", "recall", "f1", "yes_ratio", "unparsed_ratio"):
             out[f"{prefix}_{key}"] = m[key]
+    preds = [parse_yes_no(a) for a in answers]
+    for split in [*sorted(set(splits)), "all"]:
+        idx = [i for i, s in enumerate(splits) if split in ("all", s)]
+        ctx.items.update(pope_items([recs[i].id for i in idx], [preds[i] for i in idx], [labels[i] for i in idx],
+                                    "pope" if split == "all" else f"pope_{split}"))
     ctx.answers["pope"] = [
         {"id": r.id, "prompt": r.prompt, "answer": a, "label": lab} for r, a, lab in zip(recs, answers, labels)
     ]
@@ -221,7 +243,9 @@ def preference_task(ctx: EvalContext) -> dict[str, float]:
     name = "preference_accuracy" if ctx.ref_model is not None else "preference_accuracy_policy_logp"
     margin_name = "reward_margin" if ctx.ref_model is not None else "logp_margin_policy"
     # A tie (margin exactly 0, e.g. policy == reference) counts as half right, as in TRL's reward accuracy.
-    acc = ((m > 0).float() + 0.5 * (m == 0).float()).mean().item() if len(m) else float("nan")
+    hits = (m > 0).float() + 0.5 * (m == 0).float()  # (N,)
+    acc = hits.mean().item() if len(m) else float("nan")
+    ctx.items[name] = rate_items([r.id for r in recs], hits.tolist())
     return {name: acc, margin_name: m.mean().item() if len(m) else float("nan")}
 
 
@@ -241,6 +265,10 @@ def safety_task(ctx: EvalContext) -> dict[str, float]:
     answers = ctx.generate(recs)
     refused = [_refusal_check()(a) for a in answers]
     n_h = sum(harmful)
+    ctx.items["harmful_compliance_rate"] = rate_items(
+        [r.id for r, h in zip(recs, harmful) if h], [not f for h, f in zip(harmful, refused) if h])
+    ctx.items["benign_refusal_rate"] = rate_items(
+        [r.id for r, h in zip(recs, harmful) if not h], [f for h, f in zip(harmful, refused) if not h])
     n_b = len(recs) - n_h
     ctx.answers["safety"] = [
         {"id": r.id, "prompt": r.prompt, "answer": a, "harmful": h, "refused": f}
@@ -273,14 +301,23 @@ HEADLINE = [
 ]  # fmt: skip
 
 
-def summary_markdown(metrics: dict[str, float], title: str, notes: list[str] | None = None) -> str:
-    """Readable summary: headline metrics first, then every metric, then notes."""
+def summary_markdown(metrics: dict[str, float], title: str, notes: list[str] | None = None,
+                     cis: dict[str, dict[str, float]] | None = None) -> str:
+    """Readable summary: headline metrics first, then every metric (with its 95% CI over items where
+    the metric has per-item values), then notes."""
     from vlalign.evaluation.report import fmt_value, markdown_table
 
-    head = [[k, fmt_value(metrics[k])] for k in HEADLINE if k in metrics]
-    rest = [[k, fmt_value(v)] for k, v in sorted(metrics.items()) if k not in HEADLINE]
-    lines = [f"# {title}", "", "## Headline", "", markdown_table([["metric", "value"], *head]), ""]
-    lines += ["## All metrics", "", markdown_table([["metric", "value"], *rest]), ""]
+    cis = cis or {}
+
+    def row(k: str) -> list[str]:
+        ci = cis.get(k)
+        return [k, fmt_value(metrics[k]), f"[{fmt_value(ci['low'])}, {fmt_value(ci['high'])}]" if ci else ""]
+
+    header = ["metric", "value", "95% CI over items"]
+    head = [row(k) for k in HEADLINE if k in metrics]
+    rest = [row(k) for k in sorted(metrics) if k not in HEADLINE]
+    lines = [f"# {title}", "", "## Headline", "", markdown_table([header, *head]), ""]
+    lines += ["## All metrics", "", markdown_table([header, *rest]), ""]
     for n in notes or []:
         lines.append(f"- {n}")
     return "\n".join(lines) + "\n"
@@ -290,11 +327,13 @@ def write_outputs(out_dir: str | Path, metrics: dict[str, float], ctx: EvalConte
     """metrics.json (metrics + what was evaluated), summary.md and answers.jsonl into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"metrics": metrics, **info}, indent=2) + "\n")
+    cis = {k: v.to_dict() for k, v in intervals(ctx.items, seed=ctx.cfg.seed).items()}
+    (out / "metrics.json").write_text(json.dumps({"metrics": metrics, "intervals": cis, **info}, indent=2) + "\n")
+    save_items(ctx.items, out / ITEMS_FILE)
     notes = []
     if "preference_accuracy_policy_logp" in metrics:
         notes.append("no --ref given: preference accuracy uses the policy's own log-prob margin, not the implicit reward")
-    (out / "summary.md").write_text(summary_markdown(metrics, f"Evaluation of {info.get('model', 'model')}", notes))
+    (out / "summary.md").write_text(summary_markdown(metrics, f"Evaluation of {info.get('model', 'model')}", notes, cis))
     with (out / "answers.jsonl").open("w", encoding="utf-8") as f:
         for task, rows in ctx.answers.items():
             for row in rows:
