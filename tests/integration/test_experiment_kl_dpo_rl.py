@@ -11,23 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlalign.experiments.dpo_vs_rl import (
-    DPOvsRLConfig,
-    aggregate,
-    budget_problems,
-    cost_per_improvement,
-    mean_std,
-)
+from vlalign.config import ConfigError
+from vlalign.experiments.compute import TokenCounter
+from vlalign.experiments.dpo_vs_rl import DPOvsRLConfig, aggregate, budget_problems, cost_per_improvement
 from vlalign.experiments.kl_sweep import KLSweepConfig, StableRule, stable_points, stable_range
-from vlalign.experiments.method_runs import TokenCounter, group_self_bleu, sequence_kl
-
-ROOT = Path(__file__).resolve().parents[2]
+from vlalign.experiments.method_runs import group_self_bleu, sequence_kl
 
 # ------------------------------------------------------------------------------------------ maths
 
 
-def _pt(coef, chair, d2=0.5, ent=2.0, recall=0.6):
-    return {"coef": coef, "chair_i": chair, "object_recall": recall, "sample_distinct_2": d2, "sample_entropy": ent}
+def _pt(coef, chair, d2=0.5, ent=2.0, recall=0.6, beats_sft=True):
+    return {"coef": coef, "chair_i": chair, "object_recall": recall, "sample_distinct_2": d2, "sample_entropy": ent,
+            "beats_sft": beats_sft}  # fmt: skip
 
 
 def test_stable_points_hand_worked():
@@ -51,10 +46,11 @@ def test_stable_points_hand_worked():
 
 
 def test_stable_points_need_an_improvement_over_sft():
-    # Every point is worse than SFT (0.10): none may be called stable, even the sweep's best.
+    # No point is shown better than SFT by the paired bootstrap: none may be called stable, even the sweep's
+    # best, and even one whose point estimate (0.09) is below SFT's 0.10.
     sft = {"chair_i": 0.10, "object_recall": 0.6, "sample_distinct_2": 0.5, "sample_entropy": 2.0}
-    flags = stable_points([_pt(0.1, 0.12), _pt(1.0, 0.15)], sft, StableRule())
-    assert [p["stable"] for p in flags] == [False, False]
+    flags = stable_points([_pt(0.1, 0.09, beats_sft=False), _pt(1.0, 0.15, beats_sft=False)], sft, StableRule())
+    assert [p["stable"] for p in flags] == [False, False] and [p["improves"] for p in flags] == [False, False]
     assert stable_range(flags)["low"] is None
 
 
@@ -63,24 +59,23 @@ def test_stable_range_reports_gaps():
     assert stable_range(flags) == {"low": 0.01, "high": 0.3, "contiguous": False, "coefs": [0.01, 0.3]}
 
 
-def test_cost_per_improvement_and_mean_std():
+def test_cost_per_improvement():
     # CHAIR_i 0.30 → 0.25 removes 0.05 = 5 units of 0.01; 100 s / 5 = 20 s per 0.01
     assert cost_per_improvement(100.0, 0.30, 0.25) == pytest.approx(20.0)
     assert math.isnan(cost_per_improvement(100.0, 0.30, 0.31))  # worse: no cost per improvement
-    # values 1, 2, 3: mean 2, sample variance ((1)² + 0 + (1)²) / 2 = 1 → std 1
-    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
-    assert mean_std([5.0]) == (5.0, 0.0)
 
 
 def test_aggregate_hand_worked():
     sft = {"chair_i": 0.30, "object_recall": 0.5}
     metrics = {k: 0.5 for k in ("object_recall", "pope_f1", "gold_reward", "sample_distinct_2", "sample_self_bleu",
                                  "sample_entropy", "kl_to_sft", "answer_length")}  # fmt: skip
-    runs = [{"method": "dpo", "metrics": {**metrics, "chair_i": c}, "train": {"seconds": s, "forward_tokens": t}}
-            for c, s, t in [(0.26, 10.0, 1000), (0.24, 20.0, 3000)]]  # fmt: skip
+    runs = [{"method": "dpo", "seed": seed, "metrics": {**metrics, "chair_i": c}, "train": {"seconds": s, "forward_tokens": t}}
+            for seed, c, s, t in [(3, 0.26, 10.0, 1000), (5, 0.24, 20.0, 3000)]]  # fmt: skip
     agg = aggregate(runs, sft)["dpo"]
     # mean CHAIR_i 0.25 → 5 units of 0.01 removed; mean 15 s → 3 s per unit; mean 2000 tokens → 400 per unit
+    # sample std of (0.26, 0.24): sqrt((0.01² + 0.01²) / 1) = sqrt(2e-4)
     assert agg["chair_i"] == pytest.approx(0.25) and agg["chair_i_std"] == pytest.approx(math.sqrt(2e-4))
+    assert agg["spread"]["chair_i"]["per_seed"] == [0.26, 0.24] and agg["spread"]["chair_i"]["seeds"] == [3, 5]
     assert agg["seconds_per_0.01_chair_i"] == pytest.approx(3.0)
     assert agg["tokens_per_0.01_chair_i"] == pytest.approx(400.0)
     # The same CHAIR_i drop while naming far fewer objects (recall 0.1 < 0.9 × 0.5 = 0.45) buys nothing.
@@ -90,15 +85,18 @@ def test_aggregate_hand_worked():
 
 
 def test_budget_must_match():
-    ok = DPOvsRLConfig(methods=["dpo", "grpo"], dpo={"steps": 10, "batch_size": 8},
-                       grpo={"steps": 10, "prompts_per_step": 4, "num_samples": 4})  # 2 × 8 = 4 × 4 = 16 responses
+    def cfg(**grpo):
+        return DPOvsRLConfig.from_recipe(overrides={"methods": ["dpo", "grpo"], "dpo": {"steps": 10, "batch_size": 8},
+                                                    "grpo": grpo})  # fmt: skip
+
+    ok = cfg(steps=10, prompts_per_step=4, num_samples=4)  # 2 × 8 = 4 × 4 = 16 responses
     assert budget_problems(ok) == []
-    with pytest.raises(ValueError, match="responses per update"):
-        DPOvsRLConfig(methods=["dpo", "grpo"], dpo={"steps": 10, "batch_size": 8},
-                      grpo={"steps": 10, "prompts_per_step": 8, "num_samples": 4})  # fmt: skip
-    with pytest.raises(ValueError, match="grpo.steps=12"):
-        DPOvsRLConfig(methods=["dpo", "grpo"], dpo={"steps": 10, "batch_size": 8},
-                      grpo={"steps": 12, "prompts_per_step": 4, "num_samples": 4})  # fmt: skip
+    with pytest.raises(ConfigError, match="responses per update"):
+        cfg(steps=10, prompts_per_step=8, num_samples=4)
+    with pytest.raises(ConfigError, match="grpo.steps=12"):
+        cfg(steps=12, prompts_per_step=4, num_samples=4)
+    with pytest.raises(ConfigError, match="grpo.kl_coef: the KL coefficient"):  # set by coefs, never silently ignored
+        cfg(steps=10, prompts_per_step=4, num_samples=4, kl_coef=0.1)
 
 
 def test_sequence_kl_hand_worked():
@@ -131,16 +129,20 @@ def test_token_counter_counts_only_the_text_embedding():
 
 # ------------------------------------------------------------------------------------------ end to end
 
+# Over the recipe (configs/experiments/*.yaml): what a smoke run cannot afford (no warm-up, tiny budgets)
 MINI = {
-    "data": {"n_train": 60, "n_eval": 12, "n_safety": 0, "n_safety_eval": 0, "yes_no_per_scene": 1},
-    "sft": {"steps": 4, "batch_size": 8, "warmup_steps": 0},
-    "sampling": {"n_prompts": 16, "max_new_tokens": 16},
-    "dpo": {"steps": 2, "batch_size": 4},
-    "grpo": {"steps": 2, "prompts_per_step": 2, "num_samples": 4, "max_new_tokens": 12},
+    "data": {"n_train": 60, "n_eval": 12, "image_size": 64, "max_objects": 3, "bias": 0.5, "trigger_rate": None,
+             "yes_no_per_scene": 1},
+    "vision_warmup": {"steps": 0},
+    "freeze": [],
+    "sft": {"steps": 4, "batch_size": 8, "learning_rate": 1e-3, "warmup_steps": 0},
+    "sampling": {"n_prompts": 16, "max_new_tokens": 16, "temperature": 1.0, "add_missing": True},
+    "dpo": {"steps": 2, "batch_size": 4, "learning_rate": 1e-3, "sft_weight": 0.0},
+    "grpo": {"steps": 2, "prompts_per_step": 2, "num_samples": 4, "learning_rate": 2e-4, "max_new_tokens": 12},
     "probe": {"n_prompts": 3, "samples_per_prompt": 2, "max_new_tokens": 12},
     "eval_limit": 4,
     "generation": {"max_new_tokens": 12},
-}
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +152,7 @@ def sweep(tmp_path_factory):
     from vlalign.experiments.kl_sweep import run_kl_sweep
 
     parent = tmp_path_factory.mktemp("kl_sweep")
-    cfg = KLSweepConfig.model_validate({**MINI, "methods": ["dpo", "grpo"], "dpo_betas": [0.1], "grpo_kl_coefs": [0.0]})
+    cfg = KLSweepConfig.from_recipe(overrides={**MINI, "methods": ["dpo", "grpo"], "dpo_betas": [0.1], "grpo_kl_coefs": [0.0]})
     cwd = os.getcwd()
     os.chdir(parent)  # a RELATIVE --out, as users type it: written files must still resolve from anywhere
     try:
@@ -166,9 +168,19 @@ def test_kl_sweep_minimal_run(sweep):
     assert [(r["method"], r["coef"]) for r in saved["runs"]] == [("dpo", 0.1), ("grpo", 0.0)]
     # The stored flags follow the rule from the stored numbers (recomputed here).
     for info in saved["stable"].values():
-        pts = [{k: p[k] for k in ("coef", "chair_i", "object_recall", "sample_distinct_2", "sample_entropy")}
+        pts = [{k: p[k] for k in ("coef", "chair_i", "object_recall", "sample_distinct_2", "sample_entropy", "beats_sft")}
                for p in info["points"]]
         assert [p["stable"] for p in stable_points(pts, saved["sft"], cfg.rule)] == [p["stable"] for p in info["points"]]
+    # Issue 12: each rate with its 95% CI over items, each point vs SFT by a paired bootstrap, the machine.
+    for run in saved["runs"]:
+        iv = run["intervals"]["chair_i"]
+        assert iv["value"] == pytest.approx(run["metrics"]["chair_i"]) and iv["low"] <= iv["value"] <= iv["high"]
+        assert set(run["intervals"]) >= {"pope_f1", "gold_reward"}  # the probe's gold reward has per-prompt items
+        diff = run["vs_sft"]["chair_i"]["per_seed"][0]["value"]
+        assert diff == pytest.approx(run["metrics"]["chair_i"] - saved["sft"]["chair_i"])
+        point = next(p for p in saved["stable"][run["method"]]["points"] if p["coef"] == run["coef"])
+        assert point["beats_sft"] == (run["vs_sft"]["chair_i"]["claim"] == "b_better")
+    assert saved["machine"]["cpu"] and "torch kernels" in saved["machine_line"]
     # The SFT model is its own reference: its sampled KL is exactly 0; trained models moved away from it.
     assert saved["sft"]["kl_to_sft"] == 0.0
     assert any(r["metrics"]["kl_to_sft"] != 0.0 for r in saved["runs"])
@@ -185,13 +197,19 @@ def test_dpo_vs_rl_minimal_run_reuses_base(sweep, tmp_path):
     from vlalign.experiments.dpo_vs_rl import run_dpo_vs_rl
 
     base_out, _, _ = sweep
-    cfg = DPOvsRLConfig.model_validate({**MINI, "methods": ["dpo", "grpo"], "seeds": [0, 1], "base_from": str(base_out)})
+    cfg = DPOvsRLConfig.from_recipe(overrides={**MINI, "methods": ["dpo", "grpo"], "seeds": [0, 1], "base_from": str(base_out)})
     res = run_dpo_vs_rl(cfg, tmp_path, log=lambda s: None)
     assert not (tmp_path / "sft").exists()  # the SFT model of the sweep was reused, not retrained
     assert [(r["method"], r["seed"]) for r in res["runs"]] == [("dpo", 0), ("grpo", 0), ("dpo", 1), ("grpo", 1)]
     agg = res["aggregate"]
     chairs = [r["metrics"]["chair_i"] for r in res["runs"] if r["method"] == "grpo"]
     assert agg["grpo"]["n_seeds"] == 2 and agg["grpo"]["chair_i"] == pytest.approx(sum(chairs) / 2)
+    assert agg["grpo"]["spread"]["chair_i"]["per_seed"] == chairs and agg["grpo"]["spread"]["chair_i"]["seeds"] == [0, 1]
+    # Verdicts: one paired interval per seed, the claim only if every seed agrees (else "no difference ...").
+    vs = res["comparisons"]["grpo"]["vs_sft"]["chair_i"]
+    assert [iv["value"] for iv in vs["per_seed"]] == pytest.approx([c - res["sft"]["chair_i"] for c in chairs])
+    every = all(iv["high"] < 0 for iv in vs["per_seed"])
+    assert (vs["claim"] == "b_better") == every and ("no difference detectable" in vs["text"]) == (vs["claim"] == "no_difference")
     # Same budget: as many updates and responses per update for both methods.
     assert {(r["train"]["updates"], r["train"]["responses_per_update"]) for r in res["runs"]} == {(2, 8)}
     assert json.loads((tmp_path / "metrics.json").read_text())["budget"] == {"updates": 2, "responses_per_update": 8}
@@ -202,7 +220,7 @@ def test_dpo_vs_rl_sft_control_trains_on_the_corrected_answers(sweep, tmp_path):
     from vlalign.experiments.dpo_vs_rl import run_dpo_vs_rl
 
     base_out, _, _ = sweep
-    cfg = DPOvsRLConfig.model_validate({**MINI, "methods": ["sft_control"], "seeds": [0], "base_from": str(base_out)})
+    cfg = DPOvsRLConfig.from_recipe(overrides={**MINI, "methods": ["sft_control"], "seeds": [0], "base_from": str(base_out)})
     res = run_dpo_vs_rl(cfg, tmp_path, log=lambda s: None)
     (run,) = res["runs"]
     assert run["train"]["updates"] == cfg.dpo.steps  # DPO's budget, no coefficient needed
@@ -213,8 +231,8 @@ def test_dpo_vs_rl_sft_control_trains_on_the_corrected_answers(sweep, tmp_path):
 
 
 def test_kl_sweep_refuses_a_method_without_a_coefficient():
-    with pytest.raises(ValueError, match="no coefficient to sweep"):
-        KLSweepConfig.model_validate({**MINI, "methods": ["dpo", "sft_control"]})
+    with pytest.raises(ConfigError, match="no coefficient to sweep"):
+        KLSweepConfig.from_recipe(overrides={**MINI, "methods": ["dpo", "sft_control"]})
 
 
 # ------------------------------------------------------------------------------------------ full runs
@@ -222,10 +240,9 @@ def test_kl_sweep_refuses_a_method_without_a_coefficient():
 
 @pytest.mark.slow
 def test_kl_sweep_full_config(tmp_path):
-    from vlalign.config import load_config
     from vlalign.experiments.kl_sweep import run_kl_sweep
 
-    cfg = load_config(KLSweepConfig, ROOT / "configs" / "experiments" / "kl_sweep.yaml", [])
+    cfg = KLSweepConfig.from_recipe()
     res = run_kl_sweep(cfg, tmp_path, log=print)
     assert len(res["runs"]) == sum(len(cfg.coefs(m)) for m in res["stable"])
     assert res["timing_s"]["total"] < 30 * 60
@@ -233,10 +250,9 @@ def test_kl_sweep_full_config(tmp_path):
 
 @pytest.mark.slow
 def test_dpo_vs_rl_full_config(tmp_path):
-    from vlalign.config import load_config
     from vlalign.experiments.dpo_vs_rl import run_dpo_vs_rl
 
-    cfg = load_config(DPOvsRLConfig, ROOT / "configs" / "experiments" / "dpo_vs_rl.yaml", [])
+    cfg = DPOvsRLConfig.from_recipe()
     res = run_dpo_vs_rl(cfg, tmp_path, log=print)
     assert all(a["n_seeds"] == len(cfg.seeds) for a in res["aggregate"].values())
     assert res["timing_s"]["total"] < 30 * 60

@@ -11,7 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from vlalign.data.records import PreferenceRecord, PromptRecord
+from vlalign.evaluation.items import ItemValues
 from vlalign.experiments.common import gt_preference, label_agreement
+from vlalign.experiments.evaluator import Evaluation
 from vlalign.experiments.reward_sources import best_vs_worst, build_pairs
 from vlalign.experiments.reward_sources_report import verdict, verdict_text
 
@@ -70,27 +72,40 @@ def test_best_vs_worst_and_build_pairs_count_what_they_skip():
     assert label_agreement(pairs).agreement == 1.0
 
 
-def test_verdict_says_when_the_control_does_as_well():
-    result = {
-        "sft": {"chair_i": 0.30, "pope_f1": 0.80, "object_recall": 0.40},
-        "runs": {
-            "rules@500": {"method": "dpo", "chair_i": 0.20, "pope_f1": 0.80, "object_recall": 0.40},
-            "rules@500:control": {"method": "control", "chair_i": 0.19, "pope_f1": 0.81, "object_recall": 0.40},
-            "clip@500": {"method": "dpo", "chair_i": 0.10, "pope_f1": 0.80, "object_recall": 0.39},
-            "clip@500:control": {"method": "control", "chair_i": 0.25, "pope_f1": 0.80, "object_recall": 0.40},
-            "rm@500": {"method": "dpo", "chair_i": 0.0, "pope_f1": 0.80, "object_recall": 0.0},
-            "rm@500:control": {"method": "control", "chair_i": 0.25, "pope_f1": 0.80, "object_recall": 0.40},
-        },
+def _eval(hallucinating: int, recalled: int = 100, n: int = 100) -> Evaluation:
+    """``n`` captions of a scene with 2 objects, each naming 2 types: the first ``hallucinating`` name one
+    wrong type; the first ``recalled`` name both present types (the others one). POPE F1 is 1.0."""
+    ids = [f"c{i}" for i in range(n)]
+    items = {
+        "chair_i": ItemValues("ratio", [[float(i < hallucinating) for i in range(n)], [2.0] * n], ids),
+        "object_recall": ItemValues("ratio", [[2.0 if i < recalled else 1.0 for i in range(n)], [2.0] * n], ids),
+        "pope_f1": ItemValues("f1", [[1.0] * 10, [0.0] * 10, [0.0] * 10], [f"p{i}" for i in range(10)]),
     }
-    v = verdict(result, tol=0.02)
-    # rules: DPO 0.20 is not below control 0.19 − 0.02 → does not beat it; control 0.19 ≤ 0.20 + 0.02 → as good
-    assert not v["rules@500"]["dpo_beats_control"] and v["rules@500"]["control_as_good"]
-    # clip: 0.10 < 0.25 − 0.02, F1 0.80 ≥ 0.80 − 0.02, recall 0.39 ≥ 0.40 − 0.02 → beats the control and SFT
+    return Evaluation.of({k: v.value() for k, v in items.items()}, items, seed=0)
+
+
+def test_verdict_from_paired_bootstraps():
+    models = {
+        "sft": _eval(60),  # CHAIR_i 60/200 = 0.30
+        "rules@500": _eval(40), "rules@500:control": _eval(38),  # 0.20 vs 0.19: 2 captions apart → no difference
+        "clip@500": _eval(10), "clip@500:control": _eval(50),  # 0.05 vs 0.25: DPO lower on 40 captions, never higher
+        "rm@500": _eval(0), "rm@500:control": _eval(50),  # CHAIR_i 0 ... by naming nothing (recall set below)
+        "ctl@500": _eval(40), "ctl@500:control": _eval(0),  # the control hallucinates nowhere: it beats DPO
+    }  # fmt: skip
+    # rm's DPO recalls 1 of 200 present objects: 0.005 < 0.5 × SFT's 1.0 → collapsed
+    models["rm@500"].metrics["object_recall"] = 1 / 200
+    runs = {k: {"method": "control" if k.endswith(":control") else "dpo", "source": k.split("@")[0], "budget": 500,
+                "label_agreement": 0.7} for k in models if k != "sft"}  # fmt: skip
+    result = {"runs": runs, "intervals": {k: ev.intervals for k, ev in models.items()}}
+    v = verdict(result, models, seed=0)
+    assert not v["rules@500"]["dpo_beats_control"] and not v["rules@500"]["control_beats_dpo"]
+    assert v["rules@500"]["vs_control"]["chair_i"]["claim"] == "no_difference" and v["rules@500"]["dpo_beats_sft"]
     assert v["clip@500"]["dpo_beats_control"] and v["clip@500"]["dpo_beats_sft"]
-    # rm: CHAIR_i 0 by naming nothing (recall 0 < 0.5 × 0.40) is a collapse, never a win
+    # rm: CHAIR_i 0 by naming nothing is a collapse, never a win
     assert v["rm@500"]["dpo_collapsed"] and not v["rm@500"]["dpo_beats_control"] and not v["rm@500"]["dpo_beats_sft"]
-    text = verdict_text({**result, "verdict": v, "runs": {k: {**r, "label_agreement": 0.7} for k, r in result["runs"].items()}}, 0.02)
-    assert "COLLAPSED" in text and "add nothing beyond supervised" in text
+    assert v["ctl@500"]["control_beats_dpo"] and not v["ctl@500"]["dpo_beats_control"]
+    text = verdict_text({**result, "verdict": v})
+    assert "COLLAPSED" in text and "The control beats DPO" in text and "no difference detectable at this sample size" in text
 
 
 SMOKE = [
@@ -122,7 +137,10 @@ def test_smoke_end_to_end_metrics_keys(tmp_path):
     expect = label_agreement(trained).to_dict()
     got = m["label_agreement"]["clip"]["agreement_by_budget"]["2"]
     assert got["agree"] == expect["agree"] and got["ties"] == expect["ties"]
-    assert "clip@2" in m["verdict"]
+    assert "clip@2" in m["verdict"] and m["verdict"]["clip@2"]["vs_sft"]["claim"] in ("a_better", "b_better", "no_difference")
+    iv = m["intervals"]["clip@2"]["chair_i"]  # issue 12: each rate with its 95% CI over items
+    assert iv["value"] == pytest.approx(run["chair_i"]) and iv["low"] <= iv["value"] <= iv["high"]
+    assert m["machine"]["cpu"] and "Machine:" in res.output
     page = (out / "report.html").read_text()
     assert len(re.findall(r"data:image/png;base64,", page)) >= 3 and (out / "config.yaml").is_file()
 
@@ -131,11 +149,9 @@ def test_smoke_end_to_end_metrics_keys(tmp_path):
 def test_full_reward_sources_experiment(tmp_path):
     """The shipped CPU config end to end (~20-30 min on a shared 2-core CPU): every source labels,
     every budget trains, labels and metrics are recorded, and the run fits its 30-minute budget."""
-    from vlalign.config import load_config
-    from vlalign.experiments.experiment_cli import CONFIGS
     from vlalign.experiments.reward_sources import RewardSourcesConfig, run_reward_sources
 
-    cfg = load_config(RewardSourcesConfig, CONFIGS / "reward_sources.yaml")
+    cfg = RewardSourcesConfig.from_recipe()
     result = run_reward_sources(cfg, tmp_path / "rs")
     assert result["sft"]["chair_i"] > 0.02, "SFT must hallucinate measurably for labels to matter"
     for src in cfg.sources:

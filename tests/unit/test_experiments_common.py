@@ -1,11 +1,11 @@
-"""Small helpers shared by the experiment recipes (vlalign/experiments/common.py)."""
+"""Small helpers shared by the experiment recipes (vlalign/experiments/base.py)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from vlalign.experiments.common import run_once
+from vlalign.experiments.base import run_once
 
 
 def test_run_once_trains_then_reuses_a_finished_run(tmp_path):
@@ -34,7 +34,7 @@ def test_with_absolute_images_resolves_a_relative_base(tmp_path, monkeypatch):
     directory, so loading them from the file's own folder failed; paths must come out absolute."""
     from types import SimpleNamespace
 
-    from vlalign.experiments.common import with_absolute_images
+    from vlalign.experiments.base import with_absolute_images
 
     monkeypatch.chdir(tmp_path)
     recs = [SimpleNamespace(images=["images/a.png", "/abs/b.png"])]

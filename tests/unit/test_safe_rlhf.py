@@ -11,9 +11,13 @@ import pytest
 
 from vlalign.data.records import PreferenceRecord
 from vlalign.data.shapes.grammar import REFUSAL
+from vlalign.evaluation.items import rate_items
+from vlalign.experiments.base import Base
+from vlalign.experiments.evaluator import Evaluation
 from vlalign.experiments.safe_rlhf import (
     SafeRLHFConfig,
     aggregate,
+    comparisons,
     helpful_only_sft_rows,
     lambda_curve,
     rl_config,
@@ -96,7 +100,7 @@ def test_helpful_only_names_the_row_without_labels():
 
 
 def test_target_is_strictly_below_both_limits():
-    cfg = SafeRLHFConfig()  # targets 0.05 and 0.10
+    cfg = SafeRLHFConfig.from_recipe()  # targets 0.05 and 0.10
     assert target_met({"harmful_compliance_rate": 0.04, "benign_refusal_rate": 0.09}, cfg)
     assert not target_met({"harmful_compliance_rate": 0.05, "benign_refusal_rate": 0.0}, cfg)  # 5% is not < 5%
     assert not target_met({"harmful_compliance_rate": 0.0, "benign_refusal_rate": 0.10}, cfg)
@@ -110,7 +114,7 @@ def _run(method, seed, hc, br, lam=None):
 
 def test_aggregate_hand_worked():
     runs = [_run("safe_ppo", 0, 0.0, 0.02, lam=5.0), _run("ppo", 0, 1.0, 0.0), _run("safe_ppo", 1, 0.06, 0.0, lam=3.0), _run("ppo", 1, 0.98, 0.0)]
-    agg = aggregate(runs, SafeRLHFConfig())
+    agg = aggregate(runs, SafeRLHFConfig.from_recipe())
     s = agg["safe_ppo"]
     # mean(0, 0.06) = 0.03; sample std = |0.06 − 0| / √2 ≈ 0.042426
     assert s["harmful_compliance_rate"] == pytest.approx(0.03) and s["harmful_compliance_rate_std"] == pytest.approx(0.06 / math.sqrt(2))
@@ -125,26 +129,43 @@ def test_lambda_curve_keeps_only_constrained_rows():
     assert lambda_curve([{"step": 1, "loss": 0.0}]) == []
 
 
-def test_verdict_says_when_the_control_does_as_well():
+def _evaluation(harmful_complied: int, n: int = 50) -> Evaluation:
+    """``n`` harmful and ``n`` benign held-out prompts: the first ``harmful_complied`` harmful ones complied
+    with, no benign one refused, every benign answer exact."""
+    hid, bid = [f"h{i}" for i in range(n)], [f"b{i}" for i in range(n)]
+    items = {"harmful_compliance_rate": rate_items(hid, [float(i < harmful_complied) for i in range(n)]),
+             "benign_refusal_rate": rate_items(bid, [0.0] * n), "benign_exact_rate": rate_items(bid, [1.0] * n)}  # fmt: skip
+    return Evaluation.of({k: v.value() for k, v in items.items()}, items, seed=0)
+
+
+def test_verdict_claims_only_what_every_seed_shows():
     sft = {"harmful_compliance_rate": 1.0, "benign_refusal_rate": 0.0, "benign_exact_rate": 0.6}
-    cfg = SafeRLHFConfig()
+    cfg = SafeRLHFConfig.from_recipe()
     good = [_run("safe_ppo", 0, 0.0, 0.0, lam=5.0), _run("ppo", 0, 1.0, 0.0)]
-    text = "\n".join(verdict_lines({"sft": sft, "aggregate": aggregate(good, cfg)}, cfg))
-    assert "target met in 1/1 seeds" in text and "control leaves harmful compliance at 1.000" in text
+
+    def lines(runs, evs, seeds):
+        result = {"sft": sft, "aggregate": aggregate(runs, cfg), "comparisons": comparisons(evs, _evaluation(50), ["safe_ppo", "ppo"], seeds)}
+        return "\n".join(verdict_lines(result, cfg))
+
+    # Safe-PPO complies with 0 of 50 harmful prompts, the control with all 50: every resample says Safe-PPO is lower
+    text = lines(good, {("safe_ppo", 0): _evaluation(0), ("ppo", 0): _evaluation(50)}, [0])
+    assert "target met in 1/1 seeds" in text and "Safe-PPO beats the reward-only control on harmful compliance" in text
     assert "degenerated" not in text  # 0.6 ≥ 0.9 × 0.6
+    # seed 1 has Safe-PPO and the control 1 prompt apart: not shown on every seed → no claim
+    evs = {("safe_ppo", 0): _evaluation(0), ("ppo", 0): _evaluation(50), ("safe_ppo", 1): _evaluation(3), ("ppo", 1): _evaluation(4)}
+    text = lines([*good, _run("safe_ppo", 1, 0.06, 0.0, lam=5.0), _run("ppo", 1, 0.08, 0.0)], evs, [0, 1])
+    assert "no difference in harmful compliance detectable at this sample size" in text and "seed 1: " in text
     broken = [_run("safe_ppo", 0, 0.0, 0.0, lam=5.0), {**_run("ppo", 0, 1.0, 0.0), "metrics": {**_run("ppo", 0, 1.0, 0.0)["metrics"], "benign_exact_rate": 0.5}}]
-    text = "\n".join(verdict_lines({"sft": sft, "aggregate": aggregate(broken, cfg)}, cfg))
+    text = lines(broken, {("safe_ppo", 0): _evaluation(0), ("ppo", 0): _evaluation(50)}, [0])
     assert "ppo: benign exact answers fell from 0.600 to 0.500" in text  # 0.5 < 0.9 × 0.6 = 0.54
-    tie = [_run("safe_ppo", 0, 0.0, 0.0, lam=5.0), _run("ppo", 0, 0.0, 0.0)]
-    assert "control does as well" in "\n".join(verdict_lines({"sft": sft, "aggregate": aggregate(tie, cfg)}, cfg))
 
 
 # ------------------------------------------------------------------------------------------ configs
 
 
 def test_methods_share_the_budget_and_differ_only_by_the_cost(tmp_path):
-    cfg = SafeRLHFConfig()
-    base = {"sft_model": str(tmp_path / "sft"), "prompt_file": str(tmp_path / "p.jsonl")}
+    cfg = SafeRLHFConfig.from_recipe()
+    base = Base(tmp_path / "data", tmp_path / "sft", tmp_path / "p.jsonl")
     safe = rl_config("safe_ppo", cfg, base, 1, tmp_path / "a")
     ctl = rl_config("ppo", cfg, base, 1, tmp_path / "b")
     shared = ("per_device_batch_size", "max_steps", "learning_rate", "kl_coef", "critic_learning_rate", "lam", "seed")
@@ -160,4 +181,4 @@ def test_methods_share_the_budget_and_differ_only_by_the_cost(tmp_path):
 
 def test_unknown_method_fails_at_load_with_a_suggestion():
     with pytest.raises(ValueError, match="safe_ppo"):
-        SafeRLHFConfig(methods=["safe_pp"])
+        SafeRLHFConfig.from_recipe(overrides={"methods": ["safe_pp"]})

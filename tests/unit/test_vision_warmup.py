@@ -26,18 +26,16 @@ def test_row_chunks_never_leave_a_row_without_a_swap_partner():
 
 @pytest.fixture(scope="module")
 def tiny_demo(tmp_path_factory):
-    from vlalign.data.shapes.generate import generate_shapes
+    from vlalign.data.shapes.generate import ShapesConfig, generate_shapes
     from vlalign.evaluation.evaluate import read_records
-    from vlalign.experiments.demo import DemoConfig, absolute_images, build_model
+    from vlalign.experiments.base import ModelSize, build_tiny_model, with_absolute_images
 
     root = tmp_path_factory.mktemp("vw")
-    cfg = DemoConfig.model_validate(
-        {"data": {"n_train": 48, "n_eval": 8, "image_size": 32, "max_objects": 2, "n_safety": 0, "n_safety_eval": 0},
-         "model": {"text_hidden": 32, "vision_hidden": 32, "text_intermediate": 64, "vision_intermediate": 64}}
-    )  # fmt: skip
-    generate_shapes(root / "data", cfg.data)
-    base = build_model(cfg, root / "base")
-    rows = absolute_images(read_records(root / "data" / "sft.jsonl"), root / "data")
+    data = ShapesConfig(n_train=48, n_eval=8, image_size=32, max_objects=2, n_safety=0, n_safety_eval=0)
+    generate_shapes(root / "data", data)
+    size = ModelSize(text_hidden=32, vision_hidden=32, text_intermediate=64, vision_intermediate=64)
+    base = build_tiny_model("llava", size, data.image_size, 0, root / "base")
+    rows = with_absolute_images(read_records(root / "data" / "sft.jsonl"), root / "data")
     return root, base, rows
 
 

@@ -25,18 +25,47 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
 
 from vlalign.config import BaseConfig
-from vlalign.data.shapes.generate import ShapesConfig
-from vlalign.evaluation.generate import GenerationConfig
-from vlalign.experiments.common import Stage, StageClock, start_experiment
-from vlalign.experiments.demo import ModelSize
+from vlalign.data.records import PreferenceRecord
+from vlalign.data.shapes.generate import ShapesConfig, generate_shapes
+from vlalign.evaluation.evaluate import EvalConfig, read_records
+from vlalign.evaluation.generate import GenerationConfig, generate_answers
+from vlalign.evaluation.report import markdown_table
+from vlalign.experiments.base import (
+    DPOStage,
+    ModelSize,
+    RecipeConfig,
+    Stage,
+    StageClock,
+    build_tiny_model,
+    start_experiment,
+    trainer_config,
+    with_absolute_images,
+    write_jsonl,
+)
+from vlalign.experiments.common import label_agreement
+from vlalign.experiments.evaluator import Evaluation, device, evaluate_model
+from vlalign.experiments.reward_sources_report import (
+    labels_table,
+    runs_table,
+    summarize,
+    verdict_text,
+    write_report,
+)
+from vlalign.experiments.sft_base import replay_section
+from vlalign.machine import machine_line
+from vlalign.models.load import ModelConfig, load_model
 from vlalign.registry import Registry
+from vlalign.rewards import REWARD_SOURCES
+from vlalign.rewards.base import Sample
+from vlalign.trainers.dpo import train_dpo
+from vlalign.trainers.sft import train_sft
 
 # ------------------------------------------------------------------------------------------ config
 
@@ -55,6 +84,10 @@ class PolicyConfig(BaseConfig):
         """ModelConfig keys for LOADING a trained model (no LoRA: every stage saves a merged model)."""
         return {k: v for k, v in self.model.items() if k != "lora"}
 
+    def trainer_model(self, start: str | Path) -> dict[str, Any]:
+        """The ``model`` section of every trainer config: ``start`` plus the configured extra keys."""
+        return {"name_or_path": str(start), **self.model}
+
 
 class SamplingConfig(BaseConfig):
     """The on-policy candidates: K sampled answers per training caption prompt."""
@@ -72,7 +105,7 @@ class HumanRMConfig(BaseConfig):
 
     pairs: str | None = None
     limit: int | None = Field(2000, ge=1)
-    train: Stage = Field(default_factory=lambda: Stage(steps=150, batch_size=32, learning_rate=5e-4, warmup_steps=10))
+    train: Stage
 
 
 class ClipSourceConfig(BaseConfig):
@@ -83,39 +116,35 @@ class ClipSourceConfig(BaseConfig):
     train: dict[str, Any] = Field(default_factory=lambda: {"max_steps": 200, "num_threads": 1})
 
 
-class DPOSettings(Stage):
-    loss: str = "dpo"
-    beta: float = Field(0.1, gt=0)
-    sft_weight: float = Field(0.0, ge=0, description="+ this × NLL of chosen (the control trains that term alone)")
-
-
 class EvalSettings(BaseConfig):
     tasks: list[str] = Field(default_factory=lambda: ["chair", "pope", "preference"])
     limit: int | None = Field(150, ge=1, description="rows of each eval file (None = all)")
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
 
 
-class RewardSourcesConfig(BaseConfig):
-    """Every knob of the experiment; ``seed`` drives data, init, training order and sampling."""
+class RewardSourcesConfig(RecipeConfig):
+    """Every knob of the experiment (``configs/experiments/reward_sources.yaml``); ``seed`` drives data,
+    init, training order and sampling."""
 
-    seed: int = 0
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch's default")
-    policy: PolicyConfig = Field(default_factory=PolicyConfig)
-    data: ShapesConfig = Field(default_factory=lambda: ShapesConfig(n_train=3000, n_eval=300, n_safety=0, n_safety_eval=0))
+    recipe = "experiments/reward_sources"
+
+    seed: int
+    threads: int | None = Field(..., ge=1, description="torch CPU threads; null = torch's default")
+    policy: PolicyConfig
+    data: ShapesConfig
     data_dir: str | None = Field(None, description="use this existing Shapes folder instead of generating one")
-    max_length: int = Field(160, ge=16, description="prompt + image tokens + response, every stage")
-    sft: Stage = Field(default_factory=lambda: Stage(steps=300, batch_size=32, learning_rate=1e-3, warmup_steps=20))
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    sources: list[str] = Field(default_factory=lambda: ["human_rm", "clip", "rules"])
-    budgets: list[int] = Field(default_factory=lambda: [100, 300, 1000], description="labelled pairs per arm")
-    control_budgets: list[int] | None = Field(None, description="budgets with an SFT control; None = the largest")
+    max_length: int = Field(..., ge=16, description="prompt + image tokens + response, every stage")
+    sft: Stage
+    sampling: SamplingConfig
+    sources: list[str] = Field(..., description="label sources (LABELLERS): human_rm, clip, rules")
+    budgets: list[int] = Field(..., description="labelled pairs per arm")
+    control_budgets: list[int] | None = Field(..., description="budgets with an SFT control; null = the largest")
     tie_eps: float = Field(1e-6, ge=0, description="best − worst score ≤ this: the source cannot rank, no pair")
-    human: HumanRMConfig = Field(default_factory=HumanRMConfig)
-    clip: ClipSourceConfig = Field(default_factory=ClipSourceConfig)
-    rules: dict[str, Any] = Field(default_factory=dict, description="kwargs of the shapes_rules verifier")
-    dpo: DPOSettings = Field(default_factory=lambda: DPOSettings(steps=40, batch_size=32, learning_rate=2e-4))
-    eval: EvalSettings = Field(default_factory=EvalSettings)
-    noise_tol: float = Field(0.02, ge=0, description="|Δ| below this (absolute) is called a tie in the verdict")
+    human: HumanRMConfig
+    clip: ClipSourceConfig
+    rules: dict[str, Any] = Field(..., description="kwargs of the shapes_rules verifier")
+    dpo: DPOStage = Field(..., description="the same for every source and budget; the control uses steps/batch/lr/replay")
+    eval: EvalSettings
 
     @field_validator("sources")
     @classmethod
@@ -154,22 +183,16 @@ LABELLERS: Registry[Callable[[Ctx], Any]] = Registry("label source")
 @LABELLERS.register("human_rm")
 def human_rm_labeller(ctx: Ctx) -> Any:
     """`vlalign rm` (Bradley–Terry, initialised from the SFT model) on ground-truth-labelled pairs."""
-    from vlalign.evaluation.evaluate import read_records
-    from vlalign.experiments.common import device, with_absolute_images
     from vlalign.rewards.learned import LearnedRewardOnly
-    from vlalign.trainers.reward_model import RewardModelConfig, train_reward_model
+    from vlalign.trainers.reward_model import train_reward_model
 
     h, cfg = ctx.cfg.human, ctx.cfg
     path = Path(h.pairs) if h.pairs else ctx.data_dir / "preference.jsonl"
     pairs = with_absolute_images(read_records(path, h.limit), path.parent)
     held_out = ctx.data_dir / "preference_eval.jsonl"
-    t: Stage = h.train
-    rm_cfg = RewardModelConfig(
-        output_dir=str(ctx.out / "human_rm"), seed=cfg.seed, model={"name_or_path": str(ctx.sft_dir), **cfg.policy.model},
-        data={"train": str(path), "max_length": cfg.max_length}, per_device_batch_size=t.batch_size, max_steps=t.steps,
-        learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, lr_scheduler=t.lr_scheduler, progress=False,
-        eval={"data": str(held_out) if held_out.is_file() else None, "limit": cfg.eval.limit, "batch_size": 32},
-    )  # fmt: skip
+    rm_cfg = trainer_config("reward_model", ctx.out / "human_rm", cfg.seed, cfg.policy.trainer_model(ctx.sft_dir), path, h.train,
+                            cfg.max_length, eval={"data": str(held_out) if held_out.is_file() else None,
+                                                  "limit": cfg.eval.limit, "batch_size": 32})  # fmt: skip
     metrics = train_reward_model(rm_cfg, pairs)
     ctx.info["human_rm"] = {"train_pairs": len(pairs), "pairs_file": str(path), "steps": metrics.get("steps"),
                             "heldout_before": metrics.get("before"), "heldout_after": metrics.get("after")}  # fmt: skip
@@ -184,15 +207,12 @@ class NonEmptyAnswers:
         self.source, self.name = source, getattr(source, "name", "source")
 
     def score(self, samples: list[Any]) -> Any:
-        from dataclasses import replace
-
         return self.source.score([s if s.response.strip() else replace(s, response=" ") for s in samples])
 
 
 @LABELLERS.register("clip")
 def clip_labeller(ctx: Ctx) -> Any:
     """CLIP score of each answer against its image: a given checkpoint, or one `clip-train` makes here."""
-    from vlalign.experiments.common import device
     from vlalign.rewards.clip import ClipReward
 
     model = ctx.cfg.clip.model
@@ -210,8 +230,6 @@ def clip_labeller(ctx: Ctx) -> Any:
 @LABELLERS.register("rules")
 def rules_labeller(ctx: Ctx) -> Any:
     """The Shapes rule verifiers (objects, colours, counts) against each image's scene."""
-    from vlalign.rewards import REWARD_SOURCES
-
     return REWARD_SOURCES.get("shapes_rules")(**ctx.cfg.rules)
 
 
@@ -232,8 +250,6 @@ def build_pairs(prompts: Sequence[Any], answers: Sequence[Sequence[str]], scores
                 source: str, tie_eps: float = 1e-6) -> tuple[list[Any], dict[str, int]]:  # fmt: skip
     """One pair per prompt (its best vs worst answer by ``scores``), in prompt order; prompts the
     source cannot rank, or whose two answers are the same text, are counted, never silently lost."""
-    from vlalign.data.records import PreferenceRecord
-
     pairs, no_rank, same_text = [], 0, 0
     for rec, ans, sc in zip(prompts, answers, scores, strict=True):
         pick = best_vs_worst(sc, tie_eps)
@@ -254,8 +270,6 @@ def build_pairs(prompts: Sequence[Any], answers: Sequence[Sequence[str]], scores
 
 def score_candidates(source: Any, prompts: Sequence[Any], answers: Sequence[Sequence[str]]) -> list[list[float]]:
     """(P, K) scores of every candidate by ``source`` (one batched call)."""
-    from vlalign.rewards.base import Sample
-
     flat = [Sample(list(r.images), r.prompt, a, dict(r.meta)) for r, ans in zip(prompts, answers) for a in ans]
     rewards = source.score(flat).rewards.tolist() if flat else []
     k = len(answers[0]) if answers else 0
@@ -264,10 +278,6 @@ def score_candidates(source: Any, prompts: Sequence[Any], answers: Sequence[Sequ
 
 def sample_candidates(sft_dir: Path, prompts: Sequence[Any], cfg: RewardSourcesConfig) -> list[list[str]]:
     """K sampled answers per prompt from the SFT model: (P, K) texts."""
-    from vlalign.evaluation.generate import generate_answers
-    from vlalign.experiments.common import device
-    from vlalign.models.load import ModelConfig, load_model
-
     s = cfg.sampling
     loaded = load_model(ModelConfig(name_or_path=str(sft_dir), **cfg.policy.model_extra_for_load()))
     loaded.model.to(device())
@@ -283,78 +293,31 @@ def sample_candidates(sft_dir: Path, prompts: Sequence[Any], cfg: RewardSourcesC
 
 def prepare_policy(cfg: RewardSourcesConfig, out: Path, data: Path, log: Callable[[str], None]) -> Path:
     """SFT from the configured start on the benchmark's SFT file; returns the SFT model folder."""
-    from vlalign.evaluation.evaluate import read_records
-    from vlalign.experiments.common import trainer_config, with_absolute_images
-    from vlalign.trainers.sft import train_sft
-
     p = cfg.policy
-    if p.name_or_path is None:
-        from vlalign.experiments.demo import build_model
-
-        start = build_model_for(cfg, out / "base_model", build_model)
-    else:
-        start = p.name_or_path
+    start = p.name_or_path or build_tiny_model(p.family, p.size, cfg.data.image_size, cfg.seed, out / "base_model")
     rows = with_absolute_images(read_records(data / "sft.jsonl"), data)
-    model = {"name_or_path": str(start), **p.model}
-    train_sft(trainer_config("sft", cfg.sft, model, data / "sft.jsonl", out / "sft", cfg.seed, cfg.max_length), rows)
+    train_sft(trainer_config("sft", out / "sft", cfg.seed, p.trainer_model(start), data / "sft.jsonl", cfg.sft, cfg.max_length), rows)
     log(f"[reward-sources] SFT done ({len(rows)} rows, {cfg.sft.steps} steps)")
     return out / "sft" / "final"
 
 
-def build_model_for(cfg: RewardSourcesConfig, out: Path, build_model: Callable[..., Path]) -> Path:
-    """The demo's tiny-model builder takes the demo's config; give it the fields it reads."""
-    from vlalign.experiments.demo import DemoConfig
-
-    demo_like = DemoConfig(seed=cfg.seed, family=cfg.policy.family, model=cfg.policy.size, data=cfg.data)
-    return build_model(demo_like, out)
-
-
-def train_arm(kind: str, cfg: RewardSourcesConfig, sft_dir: Path, pairs: list[Any], pair_file: Path, out: Path) -> Path:
+def train_arm(kind: str, cfg: RewardSourcesConfig, data: Path, sft_dir: Path, pairs: list[Any], pair_file: Path, out: Path) -> Path:
     """DPO (``kind='dpo'``) or the SFT-on-chosen control from the SFT model; returns ``final/``."""
-    from vlalign.experiments.common import trainer_config
-    from vlalign.trainers.dpo import train_dpo
-    from vlalign.trainers.sft import train_sft
-
     d = cfg.dpo
-    model = {"name_or_path": str(sft_dir), **cfg.policy.model}
+    model = cfg.policy.trainer_model(sft_dir)
+    replay = replay_section(data, d.replay_yes_no, d.replay_weight, out)
     if kind == "dpo":
-        extra = {"loss": d.loss, "beta": d.beta, "sft_weight": d.sft_weight}
-        train_dpo(trainer_config("dpo", d, model, pair_file, out, cfg.seed, cfg.max_length, **extra), pairs)
+        train_dpo(trainer_config("dpo", out, cfg.seed, model, pair_file, d, cfg.max_length, loss=d.loss, beta=d.beta,
+                                 sft_weight=d.sft_weight, replay=replay), pairs)  # fmt: skip
     else:
-        train_sft(trainer_config("sft", d, model, pair_file, out, cfg.seed, cfg.max_length), pairs)
+        train_sft(trainer_config("sft", out, cfg.seed, model, pair_file, d, cfg.max_length, replay=replay), pairs)
     return out / "final"
 
 
-def run_reward_sources(cfg: RewardSourcesConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The whole experiment; returns (and writes) ``metrics.json``'s content."""
-
-    from vlalign.data.shapes.generate import generate_shapes
-    from vlalign.evaluation.evaluate import EvalConfig, read_records
-    from vlalign.experiments.common import evaluate_model, label_agreement, with_absolute_images, write_jsonl
-    from vlalign.experiments.reward_sources_report import summarize, write_report
-
-    out = start_experiment(cfg.threads, out_dir)
-    stage = StageClock("reward-sources", log)
-    timing = stage.timing
-    t_all = time.perf_counter()
-
-    t0 = time.perf_counter()
-    data = Path(cfg.data_dir) if cfg.data_dir else out / "data"
-    if not cfg.data_dir:
-        generate_shapes(data, cfg.data.model_copy(update={"seed": cfg.seed}))
-    stage("data", t0)
-
-    t0 = time.perf_counter()
-    sft_dir = prepare_policy(cfg, out, data, log)
-    stage("sft", t0)
-
-    t0 = time.perf_counter()
-    prompts = [r for r in read_records(data / "sft.jsonl") if r.meta.get("task") == "caption"][: cfg.sampling.n_prompts]
-    prompts = with_absolute_images(prompts, data)
-    answers = sample_candidates(sft_dir, prompts, cfg)
-    stage("sample", t0)
-
-    ctx = Ctx(cfg, out, data, sft_dir, log)
+def label_pools(cfg: RewardSourcesConfig, ctx: Ctx, prompts: list[Any], answers: list[list[str]],
+                clock: StageClock) -> tuple[dict[str, list[Any]], dict[str, dict[str, Any]]]:  # fmt: skip
+    """Each source scores the candidates; its best vs worst answer per prompt is a pair; agreement of
+    those pairs with the ground truth at every budget."""
     pools: dict[str, list[Any]] = {}
     pool_stats: dict[str, dict[str, Any]] = {}
     for name in cfg.sources:
@@ -366,19 +329,50 @@ def run_reward_sources(cfg: RewardSourcesConfig, out_dir: str | Path, log: Calla
         pools[name] = pairs
         agree = {str(b): label_agreement(pairs[:b]).to_dict() for b in cfg.budgets}
         pool_stats[name] = {**stats, "agreement_all": label_agreement(pairs).to_dict(), "agreement_by_budget": agree}
-        write_jsonl(pairs, out / "pairs" / f"{name}.jsonl")
-        stage(f"label_{name}", t0)
+        write_jsonl(pairs, ctx.out / "pairs" / f"{name}.jsonl")
+        clock(f"label_{name}", t0)
         if len(pairs) < max(cfg.budgets):
-            log(f"[reward-sources] WARNING: {name} made only {len(pairs)} pairs < largest budget {max(cfg.budgets)}; "
-                "larger budgets use all of them (raise sampling.n_prompts)")  # fmt: skip
+            ctx.log(f"[reward-sources] WARNING: {name} made only {len(pairs)} pairs < largest budget {max(cfg.budgets)}; "
+                    "larger budgets use all of them (raise sampling.n_prompts)")  # fmt: skip
+    return pools, pool_stats
+
+
+def run_reward_sources(cfg: RewardSourcesConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The whole experiment; returns (and writes) ``metrics.json``'s content."""
+    out = start_experiment(cfg.threads, out_dir)
+    clock = StageClock("reward-sources", log)
+    t_all = time.perf_counter()
+    log(f"[reward-sources] machine: {machine_line()}")
+
+    t0 = time.perf_counter()
+    data = Path(cfg.data_dir) if cfg.data_dir else out / "data"
+    if not cfg.data_dir:
+        generate_shapes(data, cfg.data.model_copy(update={"seed": cfg.seed}))
+    clock("data", t0)
+
+    t0 = time.perf_counter()
+    sft_dir = prepare_policy(cfg, out, data, log)
+    clock("sft", t0)
+
+    t0 = time.perf_counter()
+    prompts = [r for r in read_records(data / "sft.jsonl") if r.meta.get("task") == "caption"][: cfg.sampling.n_prompts]
+    prompts = with_absolute_images(prompts, data)
+    answers = sample_candidates(sft_dir, prompts, cfg)
+    clock("sample", t0)
+
+    ctx = Ctx(cfg, out, data, sft_dir, log)
+    pools, pool_stats = label_pools(cfg, ctx, prompts, answers, clock)
 
     ecfg = EvalConfig(tasks=cfg.eval.tasks, limit=cfg.eval.limit, seed=cfg.seed, generation=cfg.eval.generation,
                       beta=cfg.dpo.beta, max_length=max(cfg.max_length, 256))  # fmt: skip
-    ev = lambda model_dir, name: evaluate_model(model_dir, data, out / "eval" / name, ecfg, sft_dir,
-                                                cfg.policy.model_extra_for_load())  # fmt: skip
+    load_keys = cfg.policy.model_extra_for_load()
+
+    def ev(model_dir: Path, name: str) -> Evaluation:
+        return evaluate_model(model_dir, data, out / "eval" / name, ecfg, sft_dir, load_keys)
+
     t0 = time.perf_counter()
-    models: dict[str, dict[str, float]] = {"sft": ev(sft_dir, "sft")}
-    stage("eval_sft", t0)
+    models: dict[str, Evaluation] = {"sft": ev(sft_dir, "sft")}
+    clock("eval_sft", t0)
 
     runs: dict[str, dict[str, Any]] = {}
     skipped: dict[str, int] = {}  # arm -> pairs it had (fewer than one batch)
@@ -393,16 +387,23 @@ def run_reward_sources(cfg: RewardSourcesConfig, out_dir: str | Path, log: Calla
             pair_file = write_jsonl(pairs, out / "pairs" / f"{name}_{b}.jsonl")
             for kind in ("dpo", "control") if b in controls else ("dpo",):
                 key = f"{name}@{b}" + ("" if kind == "dpo" else ":control")
+                folder = key.replace("@", "_").replace(":", "_")
                 t0 = time.perf_counter()
-                final = train_arm(kind, cfg, sft_dir, pairs, pair_file, out / "train" / key.replace("@", "_").replace(":", "_"))
-                models[key] = ev(final, key.replace("@", "_").replace(":", "_"))
+                final = train_arm(kind, cfg, data, sft_dir, pairs, pair_file, out / "train" / folder)
+                models[key] = ev(final, folder)
                 runs[key] = {"source": name, "budget": b, "n_pairs": len(pairs), "method": kind}
-                stage(key, t0)
-    timing["total"] = round(time.perf_counter() - t_all, 1)
+                clock(key, t0)
+    clock.timing["total"] = round(time.perf_counter() - t_all, 1)
 
-    result = summarize(cfg, models, runs, pool_stats, ctx.info, timing,
+    result = summarize(cfg, models, runs, pool_stats, ctx.info, clock.timing,
                        {"prompts": len(prompts), "samples_per_prompt": cfg.sampling.samples_per_prompt,
                         "skipped_arms": skipped})  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     write_report(out, result, cfg)
     return result
+
+
+def console_text(result: dict[str, Any], cfg: RewardSourcesConfig) -> str:
+    """What the command prints: label quality, every arm (95% CIs over items), the verdict, the machine."""
+    return "\n\n".join([markdown_table(labels_table(result)), markdown_table(runs_table(result)), verdict_text(result),
+                        f"Machine: {result['machine_line']}"])  # fmt: skip

@@ -32,33 +32,43 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import typer
 from pydantic import Field, field_validator
 
-from vlalign.cli_common import CONFIG_OPTION, OVERRIDES_ARG
 from vlalign.config import BaseConfig
-from vlalign.data.shapes.generate import ShapesConfig
+from vlalign.data.records import PromptRecord
+from vlalign.data.shapes.generate import generate_shapes
+from vlalign.evaluation.evaluate import EvalConfig, read_records
 from vlalign.evaluation.generate import GenerationConfig
-from vlalign.experiments.common import StageClock, experiment_config, run_once, start_experiment, written_line
-from vlalign.experiments.demo import ModelSize, Stage
+from vlalign.evaluation.items import rate_items
+from vlalign.evaluation.report import read_metrics_jsonl
+from vlalign.evaluation.stats import seed_spread
+from vlalign.experiments.base import (
+    Base,
+    RLStage,
+    Stage,
+    StageClock,
+    TinyRecipe,
+    build_tiny_model,
+    load_base,
+    run_once,
+    save_base,
+    start_experiment,
+    trainer_config,
+    with_absolute_images,
+    write_jsonl,
+)
+from vlalign.experiments.evaluator import Evaluation, Extra, evaluate_model
+from vlalign.experiments.safe_rlhf_report import verdict_lines, write_report
+from vlalign.experiments.uncertainty import compare
+from vlalign.machine import machine_info, machine_line
 from vlalign.registry import Registry
+from vlalign.rewards import Sample, build_source
+from vlalign.rewards.shapes_rules import same_answer
+from vlalign.trainers.rl_common import run_rl
+from vlalign.trainers.sft import train_sft
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "experiments" / "safe_rlhf.yaml"
 KEYS = ["harmful_compliance_rate", "benign_refusal_rate", "benign_exact_rate", "eval_reward", "eval_cost"]
-
-
-class RLBudget(BaseConfig):
-    """One RL run's budget, the same for every method (so the control differs only by the cost)."""
-
-    steps: int = Field(40, ge=1, description="rollouts")
-    prompts_per_step: int = Field(8, ge=1)
-    num_samples: int = Field(4, ge=1, description="answers per prompt")
-    learning_rate: float = Field(2e-4, gt=0)
-    max_new_tokens: int = Field(16, ge=1, description="the refusal is 8 tokens; a cut compliance still counts")
-    temperature: float = Field(1.0, gt=0)
-    kl_coef: float = Field(0.02, ge=0)
-    extra: dict[str, Any] = Field(default_factory=lambda: {"critic_learning_rate": 3e-3, "lam": 1.0},
-                                  description="any other PPOConfig key (critic, ppo_epochs, ...); see safe_rlhf.yaml for why these")  # fmt: skip
+COMPARED = ["harmful_compliance_rate", "benign_refusal_rate", "benign_exact_rate"]
 
 
 class Lagrange(BaseConfig):
@@ -70,29 +80,26 @@ class Lagrange(BaseConfig):
     lambda_max: float | None = Field(5.0, gt=0, description="cap: a huge λ leaves the reward almost no weight")
 
 
-class SafeRLHFConfig(BaseConfig):
-    """Every knob of the recipe; ``seed`` drives data, model and SFT, ``seeds`` the RL runs."""
+class SafeRLHFConfig(TinyRecipe):
+    """Every knob of the recipe (``configs/experiments/safe_rlhf.yaml``); ``seed`` drives data, model
+    and SFT, ``seeds`` the RL runs."""
 
-    seed: int = 0
-    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1, description="RL seeds (each method once per seed)")
-    family: str = "llava"
-    threads: int | None = Field(1, ge=1, description="torch CPU threads (tiny matmuls: 1 is fastest on a busy CPU)")
-    model: ModelSize = Field(default_factory=ModelSize)
-    data: ShapesConfig = Field(default_factory=lambda: ShapesConfig(n_train=400, n_eval=200, image_size=32, yes_no_per_scene=0,
-                                                                    n_safety=800, n_safety_eval=200))  # fmt: skip
+    recipe = "experiments/safe_rlhf"
+
+    seeds: list[int] = Field(..., min_length=1, description="RL seeds (each method once per seed)")
     base_from: str | None = Field(None, description="reuse the data and SFT model of an earlier run's --out (its base.json)")
-    comply_share: float = Field(0.7, ge=0, le=1, description="share of harmful SFT prompts whose target is the unsafe answer")
-    caption_rows: int = Field(0, ge=0, description="also SFT on this many caption rows (not needed: the decision is in the text)")
-    sft: Stage = Field(default_factory=lambda: Stage(steps=150, batch_size=32, learning_rate=1e-3, warmup_steps=10))
-    rl: RLBudget = Field(default_factory=RLBudget)
-    reward: dict[str, Any] = Field(default_factory=lambda: {"name": "shapes_helpful"}, description="reward source config")
-    cost: dict[str, Any] = Field(default_factory=lambda: {"name": "shapes_harm"}, description="cost source (> 0 = unsafe)")
-    lagrange: Lagrange = Field(default_factory=Lagrange)
-    methods: list[str] = Field(default_factory=lambda: ["safe_ppo", "ppo"])
-    eval_limit: int | None = Field(None, ge=1, description="rows of safety_prompts_eval.jsonl (None = all)")
-    generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(max_new_tokens=24))
-    target_harmful_compliance: float = Field(0.05, ge=0, le=1, description="success: below this")
-    target_benign_refusal: float = Field(0.10, ge=0, le=1, description="success: below this")
+    comply_share: float = Field(..., ge=0, le=1, description="share of harmful SFT prompts whose target is the unsafe answer")
+    caption_rows: int = Field(..., ge=0, description="also SFT on this many caption rows (not needed: the decision is in the text)")
+    sft: Stage
+    rl: RLStage = Field(..., description="the same budget for every method, kl_coef included")
+    reward: dict[str, Any] = Field(..., description="reward source config")
+    cost: dict[str, Any] = Field(..., description="cost source (> 0 = unsafe)")
+    lagrange: Lagrange
+    methods: list[str] = Field(..., description="names in RL_METHODS: safe_ppo, ppo (the control), ppo_fixed_penalty")
+    eval_limit: int | None = Field(..., ge=1, description="rows of safety_prompts_eval.jsonl (null = all)")
+    generation: GenerationConfig
+    target_harmful_compliance: float = Field(..., ge=0, le=1, description="success: below this")
+    target_benign_refusal: float = Field(..., ge=0, le=1, description="success: below this")
 
     @field_validator("methods")
     @classmethod
@@ -102,6 +109,15 @@ class SafeRLHFConfig(BaseConfig):
                 RL_METHODS.get(m)  # unknown name → did-you-mean error at load time
             except KeyError as exc:
                 raise ValueError(str(exc).strip('"')) from None
+        return v
+
+    @field_validator("rl")
+    @classmethod
+    def _kl_coef(cls, v: RLStage) -> RLStage:
+        if v.kl_coef is None:
+            raise ValueError("rl.kl_coef is required here: every method trains with the same KL coefficient")
+        if v.replay_yes_no:
+            raise ValueError("rl.replay_yes_no: the safety recipe has no SFT yes/no rows to replay; set it to 0")
         return v
 
 
@@ -117,8 +133,6 @@ def helpful_only_sft_rows(pairs: Sequence[Any], comply_share: float, seed: int) 
     refusal cannot sample one, so RL would have nothing to reinforce; real helpful-only models refuse
     now and then too. ``meta["sft_target"]`` says which target each row got.
     """
-    from vlalign.data.records import PromptRecord
-
     harmful = [i for i, p in enumerate(pairs) if _is_harmful(p, i)]
     n_comply = round(comply_share * len(harmful))
     comply = set(random.Random(f"{seed}:helpful_only").sample(harmful, n_comply))
@@ -138,39 +152,29 @@ def _is_harmful(rec: Any, row: int) -> bool:
     return bool(harm["harmful"])
 
 
-def prepare_base(cfg: SafeRLHFConfig, out: Path, clock: StageClock) -> dict[str, Any]:
-    """Data → tiny model → helpful-only SFT; writes the RL prompt file; returns ``base.json``'s content."""
-    from vlalign.data.shapes.generate import generate_shapes
-    from vlalign.evaluation.evaluate import read_records
-    from vlalign.experiments.common import write_jsonl
-    from vlalign.experiments.demo import DemoConfig, absolute_images, build_model, train_config
-    from vlalign.trainers.sft import train_sft
-
+def prepare_base(cfg: SafeRLHFConfig, out: Path, clock: StageClock) -> Base:
+    """Data → tiny model → helpful-only SFT; writes the RL prompt file and ``out/base.json``."""
     if cfg.base_from:
-        saved = json.loads((Path(cfg.base_from) / "base.json").read_text())
-        return {**saved, "base_from": cfg.base_from}
+        return load_base(cfg.base_from)
     t0 = time.perf_counter()
     data = out / "data"
     generate_shapes(data, cfg.data.model_copy(update={"seed": cfg.seed}))
     clock("data", t0)
     t0 = time.perf_counter()
-    demo = DemoConfig(seed=cfg.seed, family=cfg.family, model=cfg.model, data=cfg.data)
-    base_model = build_model(demo, out / "base_model")
-    pairs = absolute_images(read_records(data / "safety.jsonl"), data)
+    base_model = build_tiny_model(cfg.family, cfg.model, cfg.data.image_size, cfg.seed, out / "base_model")
+    pairs = with_absolute_images(read_records(data / "safety.jsonl"), data)
     rows = helpful_only_sft_rows(pairs, cfg.comply_share, cfg.seed)
     if cfg.caption_rows:
         caps = [r for r in read_records(data / "sft.jsonl") if r.meta.get("task") == "caption"][: cfg.caption_rows]
-        rows += absolute_images(caps, data)
+        rows += with_absolute_images(caps, data)
     sft_file = write_jsonl(rows, out / "sft_data" / "helpful_only.jsonl")
-    train_sft(train_config("sft", cfg.sft, base_model, sft_file, out / "sft", cfg.seed), rows)
+    train_sft(trainer_config("sft", out / "sft", cfg.seed, {"name_or_path": str(base_model)}, sft_file, cfg.sft,
+                             mixed_precision="no"), rows)  # fmt: skip
     clock("sft", t0)
-    prompts = absolute_images(read_records(data / "safety_prompts.jsonl"), data)
+    prompts = with_absolute_images(read_records(data / "safety_prompts.jsonl"), data)
     prompt_file = write_jsonl(prompts, out / "prompts" / "safety_train.jsonl")
     counts = {k: sum(r.meta["sft_target"] == k for r in rows if "sft_target" in r.meta) for k in ("comply", "refuse", "help")}
-    base = {"data_dir": str(data), "sft_model": str(out / "sft" / "final"), "prompt_file": str(prompt_file),
-            "sft_targets": counts}  # fmt: skip
-    (out / "base.json").write_text(json.dumps(base, indent=2) + "\n")
-    return base
+    return save_base(Base(data, out / "sft" / "final", prompt_file, info={"sft_targets": counts}), out)
 
 
 # ------------------------------------------------------------------------------------------ methods
@@ -199,29 +203,16 @@ def _ppo_fixed_penalty(cfg: SafeRLHFConfig) -> tuple[str, dict[str, Any]]:
     return "ppo", {"reward": {"name": "composite", "kwargs": {"parts": parts}}}
 
 
-def rl_config(method: str, cfg: SafeRLHFConfig, base: dict[str, Any], seed: int, out: Path) -> Any:
+def rl_config(method: str, cfg: SafeRLHFConfig, base: Base, seed: int, out: Path) -> Any:
     """The trainer config of one run: every method gets the same budget, prompts and reward; the
     cost is scored as ``gold`` on every run, so the control's cost curve is measured too."""
-    from vlalign.trainers.ppo import PPOConfig
-    from vlalign.trainers.safe_ppo import SafePPOConfig
-
     algorithm, extra = RL_METHODS.get(method)(cfg)
-    b = cfg.rl
-    values = {
-        "output_dir": str(out), "seed": seed, "model": {"name_or_path": base["sft_model"]},
-        "data": {"train": base["prompt_file"], "max_length": 160},
-        "per_device_batch_size": b.prompts_per_step, "max_steps": b.steps, "learning_rate": b.learning_rate,
-        "lr_scheduler": "constant", "mixed_precision": "no", "progress": False, "save_merged": False,
-        "rollout": {"num_samples": b.num_samples, "max_new_tokens": b.max_new_tokens, "temperature": b.temperature},
-        "reward": cfg.reward, "gold": cfg.cost, "kl_coef": b.kl_coef, **b.extra, **extra,
-    }  # fmt: skip
-    cls = {"safe_ppo": SafePPOConfig, "ppo": PPOConfig}[algorithm]
-    return cls.model_validate(values)
+    values = {"mixed_precision": "no", "reward": cfg.reward, "gold": cfg.cost, "kl_coef": cfg.rl.kl_coef, **cfg.rl.extra, **extra}
+    return trainer_config(algorithm, out, seed, {"name_or_path": str(base.sft_model)}, base.prompt_file, cfg.rl, **values)
 
 
-def train_run(method: str, cfg: SafeRLHFConfig, base: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
-    """Train one run (a finished run is not redone, see :func:`~vlalign.experiments.common.run_once`)."""
-    from vlalign.trainers.rl_common import run_rl
+def train_run(method: str, cfg: SafeRLHFConfig, base: Base, seed: int, out: Path) -> dict[str, Any]:
+    """Train one run (a finished run is not redone, see :func:`~vlalign.experiments.base.run_once`)."""
 
     def train() -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -235,38 +226,37 @@ def train_run(method: str, cfg: SafeRLHFConfig, base: dict[str, Any], seed: int,
 # ------------------------------------------------------------------------------------------ measurement
 
 
-def safety_eval(model_dir: Path, cfg: SafeRLHFConfig, base: dict[str, Any], out: Path) -> dict[str, float]:
+def answer_scores(recs: Sequence[Any], reward: dict[str, Any], cost: dict[str, Any]) -> Extra:
+    """The evaluator's extra for the safety task: mean reward and cost of the greedy answers (the training
+    signals, on held-out prompts) and the share of benign answers that are exactly the reference, each
+    with its per-prompt values."""
+
+    def extra(model: Any, processor: Any, ctx: Any) -> dict[str, float]:
+        answers = [row["answer"] for row in ctx.answers["safety"]]
+        samples = [Sample(list(r.images), r.prompt, a, {**r.meta, "reference": r.reference}) for r, a in zip(recs, answers, strict=True)]
+        rewards = build_source(reward).score(samples).rewards  # (N,)
+        costs = build_source(cost).score(samples).rewards  # (N,)
+        benign = [(r, a) for r, a in zip(recs, answers) if not r.meta["safety"]["harmful"]]
+        exact = [float(same_answer(a, r.reference or "")) for r, a in benign]
+        ctx.items["eval_reward"] = rate_items([r.id for r in recs], rewards.tolist())
+        ctx.items["eval_cost"] = rate_items([r.id for r in recs], costs.tolist())
+        ctx.items["benign_exact_rate"] = rate_items([r.id for r, _ in benign], exact)
+        return {
+            "eval_reward": float(rewards.mean()),
+            "eval_cost": float(costs.mean()),
+            "benign_exact_rate": sum(exact) / len(exact) if exact else float("nan"),
+            "n_harmful": len(recs) - len(benign), "n_benign": len(benign),
+        }  # fmt: skip
+
+    return extra
+
+
+def safety_eval(model_dir: Path, cfg: SafeRLHFConfig, base: Base, out: Path) -> Evaluation:
     """Greedy answers on the held-out safety prompts: the eval task's two rates, plus the share of
     benign answers equal to the reference and the mean reward and cost of the answers."""
-    from vlalign.evaluation.evaluate import EvalConfig, evaluate, read_records, write_outputs
-    from vlalign.experiments.common import device
-    from vlalign.models.load import ModelConfig, load_model
-
-    data = Path(base["data_dir"])
-    loaded = load_model(ModelConfig(name_or_path=str(model_dir)))
     ecfg = EvalConfig(tasks=["safety"], limit=cfg.eval_limit, seed=cfg.seed, generation=cfg.generation)
-    metrics, ctx = evaluate(loaded.model.to(device()), loaded.processor, data, ecfg)
-    recs = read_records(data / "safety_prompts_eval.jsonl", cfg.eval_limit)
-    answers = [row["answer"] for row in ctx.answers["safety"]]
-    metrics.update(score_answers(recs, answers, cfg.reward, cfg.cost))
-    write_outputs(out, metrics, ctx, {"model": str(model_dir), "data": str(data)})
-    return metrics
-
-
-def score_answers(recs: Sequence[Any], answers: Sequence[str], reward: dict[str, Any], cost: dict[str, Any]) -> dict[str, float]:
-    """Mean reward and cost of ``answers`` (the training signals, on held-out prompts) and the share
-    of benign answers that are exactly the reference."""
-    from vlalign.rewards import Sample, build_source
-    from vlalign.rewards.shapes_rules import same_answer
-
-    samples = [Sample(list(r.images), r.prompt, a, {**r.meta, "reference": r.reference}) for r, a in zip(recs, answers, strict=True)]
-    benign = [(r, a) for r, a in zip(recs, answers) if not r.meta["safety"]["harmful"]]
-    return {
-        "eval_reward": float(build_source(reward).score(samples).rewards.mean()),
-        "eval_cost": float(build_source(cost).score(samples).rewards.mean()),
-        "benign_exact_rate": sum(same_answer(a, r.reference or "") for r, a in benign) / len(benign) if benign else float("nan"),
-        "n_harmful": len(recs) - len(benign), "n_benign": len(benign),
-    }  # fmt: skip
+    recs = read_records(base.data_dir / "safety_prompts_eval.jsonl", cfg.eval_limit)
+    return evaluate_model(model_dir, base.data_dir, out, ecfg, extra=answer_scores(recs, cfg.reward, cfg.cost))
 
 
 def target_met(m: dict[str, float], cfg: SafeRLHFConfig) -> bool:
@@ -275,18 +265,32 @@ def target_met(m: dict[str, float], cfg: SafeRLHFConfig) -> bool:
 
 
 def aggregate(runs: list[dict[str, Any]], cfg: SafeRLHFConfig) -> dict[str, dict[str, Any]]:
-    """Per method: mean and sample std over seeds of every KEY, and in how many seeds the target held."""
-    from vlalign.experiments.dpo_vs_rl import mean_std
-
+    """Per method: mean, sample std and each seed's value of every KEY (``spread``; ``key`` and ``key_std``
+    for the tables), and in how many seeds the target held."""
     out: dict[str, dict[str, Any]] = {}
     for method in dict.fromkeys(r["method"] for r in runs):
         rows = [r for r in runs if r["method"] == method]
-        agg: dict[str, Any] = {"n_seeds": len(rows), "seeds_meeting_target": sum(r["target_met"] for r in rows)}
+        agg: dict[str, Any] = {"n_seeds": len(rows), "seeds_meeting_target": sum(r["target_met"] for r in rows), "spread": {}}
         for k in KEYS:
-            agg[k], agg[f"{k}_std"] = mean_std([float(r["metrics"][k]) for r in rows])
-        agg["final_lambda"] = mean_std([r["lambda"][-1][1] for r in rows if r["lambda"]])[0] if any(r["lambda"] for r in rows) else None
-        agg["seconds"] = mean_std([float(r["train"]["seconds"]) for r in rows])[0]
+            agg["spread"][k] = {**seed_spread([float(r["metrics"][k]) for r in rows]), "seeds": [r["seed"] for r in rows]}
+            agg[k], agg[f"{k}_std"] = agg["spread"][k]["mean"], agg["spread"][k]["std"]
+        lams = [r["lambda"][-1][1] for r in rows if r["lambda"]]
+        agg["final_lambda"] = seed_spread(lams)["mean"] if lams else None
+        agg["seconds"] = seed_spread([float(r["train"]["seconds"]) for r in rows])["mean"]
         out[method] = agg
+    return out
+
+
+def comparisons(evs: dict[tuple[str, int], Evaluation], sft: Evaluation, methods: list[str], seeds: list[int]) -> dict[str, Any]:
+    """Per method vs the SFT start, and Safe-PPO vs the reward-only control, on every seed, each a paired
+    bootstrap over the same held-out prompts."""
+    out: dict[str, Any] = {}
+    for m in methods:
+        runs = [evs[m, s] for s in seeds]
+        out[m] = {"vs_sft": {k: compare([sft] * len(seeds), runs, k, "SFT", m, seeds) for k in COMPARED}}
+    if "safe_ppo" in methods and "ppo" in methods:
+        ctl, safe = [evs["ppo", s] for s in seeds], [evs["safe_ppo", s] for s in seeds]
+        out["safe_ppo"]["vs_control"] = {k: compare(ctl, safe, k, "the control (ppo)", "safe_ppo", seeds) for k in COMPARED}
     return out
 
 
@@ -300,52 +304,43 @@ def lambda_curve(rows: list[dict[str, Any]]) -> list[list[float]]:
 
 def run_safe_rlhf(cfg: SafeRLHFConfig, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
     """The whole recipe; returns (and writes) ``metrics.json``'s content."""
-    from vlalign.evaluation.report import read_metrics_jsonl
-    from vlalign.experiments.safe_rlhf_report import verdict_lines, write_report
-
-    out = start_experiment(cfg.threads, out_dir).resolve()
+    out = start_experiment(cfg.threads, out_dir)
     clock = StageClock("safe-rlhf", log)
     t_all = time.perf_counter()
+    log(f"[safe-rlhf] machine: {machine_line()}")
     base = prepare_base(cfg, out, clock)
-    log(f"[safe-rlhf] SFT targets: {base.get('sft_targets')}")
+    log(f"[safe-rlhf] SFT targets: {base.info.get('sft_targets')}")
     t0 = time.perf_counter()
-    sft = safety_eval(Path(base["sft_model"]), cfg, base, out / "eval" / "sft")
+    sft = safety_eval(base.sft_model, cfg, base, out / "eval" / "sft")
     clock("eval_sft", t0)
-    log(f"[safe-rlhf] SFT: harmful compliance {sft['harmful_compliance_rate']:.3f}, benign refusal {sft['benign_refusal_rate']:.3f}")
-    runs = []
+    log(f"[safe-rlhf] SFT: harmful compliance {sft.metrics['harmful_compliance_rate']:.3f}, benign refusal "
+        f"{sft.metrics['benign_refusal_rate']:.3f}")  # fmt: skip
+    runs, evs = [], {}
     for seed in cfg.seeds:
         for method in cfg.methods:
             name = f"{method}_seed{seed}"
             t0 = time.perf_counter()
             train = train_run(method, cfg, base, seed, out / "runs" / name)
-            metrics = safety_eval(out / "runs" / name / "final", cfg, base, out / "eval" / name)
+            ev = evs[method, seed] = safety_eval(out / "runs" / name / "final", cfg, base, out / "eval" / name)
             clock(name, t0)
             rows = read_metrics_jsonl(out / "runs" / name / "metrics.jsonl")
-            runs.append({"method": method, "seed": seed, "dir": str(out / "runs" / name), "metrics": metrics,
-                         "train": train, "lambda": lambda_curve(rows), "target_met": target_met(metrics, cfg)})  # fmt: skip
-            log(f"[safe-rlhf] {name}: harmful compliance {metrics['harmful_compliance_rate']:.3f}, "
-                f"benign refusal {metrics['benign_refusal_rate']:.3f}, reward {metrics['eval_reward']:.3f}")  # fmt: skip
+            runs.append({"method": method, "seed": seed, "dir": str(out / "runs" / name), "metrics": ev.metrics,
+                         "intervals": ev.intervals, "train": train, "lambda": lambda_curve(rows),
+                         "target_met": target_met(ev.metrics, cfg)})  # fmt: skip
+            log(f"[safe-rlhf] {name}: harmful compliance {ev.metrics['harmful_compliance_rate']:.3f}, "
+                f"benign refusal {ev.metrics['benign_refusal_rate']:.3f}, reward {ev.metrics['eval_reward']:.3f}")  # fmt: skip
     clock.timing["total"] = round(time.perf_counter() - t_all, 1)
-    result = {"sft": sft, "runs": runs, "aggregate": aggregate(runs, cfg), "base": base, "timing_s": clock.timing,
+    result = {"sft": sft.metrics, "sft_intervals": sft.intervals, "runs": runs, "aggregate": aggregate(runs, cfg),
+              "comparisons": comparisons(evs, sft, cfg.methods, cfg.seeds), "base": base.info, "timing_s": clock.timing,
               "targets": {"harmful_compliance_below": cfg.target_harmful_compliance,
-                          "benign_refusal_below": cfg.target_benign_refusal}}  # fmt: skip
+                          "benign_refusal_below": cfg.target_benign_refusal},
+              "machine": machine_info(), "machine_line": machine_line()}  # fmt: skip
     result["summary"] = verdict_lines(result, cfg)
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     write_report(out, result, cfg)
     return result
 
 
-# ------------------------------------------------------------------------------------------ CLI
-
-
-def safe_rlhf_command(
-    out: Path = typer.Option(Path("runs/safe_rlhf"), "--out", "-o", help="output folder"),
-    seed: int | None = typer.Option(None, "--seed", help="seed of data, model and SFT (RL seeds: `seeds`)"),
-    config: Path | None = CONFIG_OPTION,
-    overrides: list[str] | None = OVERRIDES_ARG,
-) -> None:
-    """Safe-PPO vs reward-only PPO from a helpful-only SFT model: harmful compliance and benign refusal."""
-    cfg = experiment_config(SafeRLHFConfig, DEFAULT_CONFIG, config, overrides, out, seed)
-    result = run_safe_rlhf(cfg, out, log=lambda s: typer.echo(s, err=True))
-    typer.echo("\n".join(result["summary"]))
-    typer.echo(written_line(out, result))
+def console_text(result: dict[str, Any], cfg: Any) -> str:
+    """What the command prints: the summary lines (verdicts with their intervals) and the machine."""
+    return "\n".join([*result["summary"], f"Machine: {result['machine_line']}"])
