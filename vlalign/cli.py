@@ -33,6 +33,7 @@ COMMAND_MODULES = [
     "vlalign.annotate.cli",
     "vlalign.rewards.cli",
     "vlalign.config_cli",
+    "vlalign.hub_cli",
 ]
 
 

@@ -17,7 +17,10 @@ from vlalign.config import BaseConfig, ConfigError, load_config
 
 C = TypeVar("C", bound=BaseConfig)
 
-CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML config file; key=value arguments override it.")
+CONFIG_OPTION = typer.Option(
+    None, "--config", "-c", help="YAML config file, or the name of a packaged recipe (`vlalign config list`); key=value "
+    "arguments override it."
+)
 OVERRIDES_ARG = typer.Argument(None, help="Overrides as key=value (dotted keys for sections, e.g. lora.r=8).")
 
 
@@ -30,9 +33,13 @@ def fail(message: str, code: int = 2) -> None:
 def resolve_config(
     cls: type[C], config: Path | None, overrides: list[str] | None, defaults: dict[str, Any] | None = None
 ) -> C:
-    """Load and validate a command's config; bad keys/values exit with code 2 and a hint."""
+    """Load and validate a command's config; bad keys/values exit with code 2 and a hint. ``config`` is a
+    file, or the name of a packaged recipe when no such file exists (an installed vlalign has no
+    ``configs/`` folder: ``--config configs/sft_tiny.yaml`` and ``--config sft_tiny`` then both find it)."""
+    from vlalign.recipes import config_source
+
     try:
-        return load_config(cls, config, overrides or [], defaults=defaults)
+        return load_config(cls, None if config is None else config_source(config), overrides or [], defaults=defaults)
     except ConfigError as exc:
         fail(str(exc))
         raise  # unreachable; keeps type checkers happy

@@ -14,10 +14,16 @@ Names are paths below ``configs/`` without ``.yaml``: ``demo``, ``sft_tiny``, ``
 from __future__ import annotations
 
 import difflib
+import importlib
+from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
-from vlalign.config import ConfigError
+import yaml
+
+from vlalign.config import BaseConfig, ConfigError, load_config
+from vlalign.config.base import deep_merge
 
 SUFFIX = ".yaml"
 
@@ -60,7 +66,7 @@ def recipe_name(name: str) -> str:
         return by_stem[0]
     if len(by_stem) > 1:
         raise RecipeError(f"recipe name {name!r} is ambiguous: {', '.join(by_stem)}; use the full name")
-    close = difflib.get_close_matches(wanted, known + [k.rsplit("/", 1)[-1] for k in known], n=3)
+    close = difflib.get_close_matches(wanted, sorted({*known, *(k.rsplit("/", 1)[-1] for k in known)}), n=3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise RecipeError(f"no recipe named {name!r}.{hint} `vlalign config list` lists them.")
 
@@ -82,3 +88,50 @@ def config_source(config: str | Path) -> Path:
         return recipe_path(str(config))
     except RecipeError as exc:
         raise RecipeError(f"config file {path} does not exist, and it names no packaged recipe: {exc}") from None
+
+
+# recipe name prefix -> "module:Class" the recipe is validated against (the longest matching prefix wins)
+RECIPE_CLASSES = {
+    "demo": "vlalign.experiments.demo:DemoConfig",
+    "experiments/kl_sweep": "vlalign.experiments.kl_sweep:KLSweepConfig",
+    "experiments/dpo_vs_rl": "vlalign.experiments.dpo_vs_rl:DPOvsRLConfig",
+    "experiments/reward_sources": "vlalign.experiments.reward_sources:RewardSourcesConfig",
+    "experiments/safe_rlhf": "vlalign.experiments.safe_rlhf:SafeRLHFConfig",
+    "sft_": "vlalign.trainers.configs:SFTConfig",
+    "dpo_": "vlalign.trainers.configs:DPOConfig",
+    "grpo_": "vlalign.trainers.grpo:GRPOConfig",
+    "rloo_": "vlalign.trainers.rloo:RLOOConfig",
+    "ppo_": "vlalign.trainers.ppo:PPOConfig",
+    "safe_ppo_": "vlalign.trainers.safe_ppo:SafePPOConfig",
+    "rm_": "vlalign.trainers.reward_model:RewardModelConfig",
+    "cost_": "vlalign.trainers.reward_model:CostModelConfig",
+    "clip_": "vlalign.trainers.clip_train:ClipTrainConfig",
+}
+LAUNCHER_PREFIX = "accelerate/"  # launcher configs of `accelerate launch`, not vlalign configs
+
+
+def recipe_class(name: str) -> type[BaseConfig] | None:
+    """The config class recipe ``name`` (canonical) is validated against; None for accelerate's configs."""
+    if name.startswith(LAUNCHER_PREFIX):
+        return None
+    matches = [p for p in RECIPE_CLASSES if name.startswith(p)]
+    if not matches:
+        raise RecipeError(f"recipe {name!r} has no config class in vlalign.recipes.RECIPE_CLASSES; add its prefix there")
+    module, cls = RECIPE_CLASSES[max(matches, key=len)].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def load_recipe(name: str, overrides: Sequence[str] | Mapping[str, Any] = ()) -> Any:
+    """Packaged recipe ``name`` with ``overrides`` (``["beta=0.2"]`` or a nested dict), validated by its
+    config class: what ``vlalign <command> --config configs/<name>.yaml ...`` would run, as an object
+    for :func:`vlalign.train_dpo` and the other entry points."""
+    canonical = recipe_name(name)
+    cls = recipe_class(canonical)
+    if cls is None:
+        raise RecipeError(f"{canonical} is an accelerate launcher config, not a vlalign config; pass it to `accelerate launch`")
+    if hasattr(cls, "from_recipe"):  # the experiments: their YAML is the only source of their settings
+        return cls.from_recipe(canonical, overrides)
+    if isinstance(overrides, Mapping):
+        data = deep_merge(yaml.safe_load(recipe_path(canonical).read_text()) or {}, dict(overrides))
+        return load_config(cls, None, (), defaults=data)
+    return load_config(cls, recipe_path(canonical), list(overrides))

@@ -115,7 +115,7 @@ def verdict_text(v: dict[str, Any], cfg: DemoConfig) -> str:
     if "chair_i_cut_control" in v:
         claim = v["dpo_vs_control_chair_i"]
         tail = {
-            "b_better": "DPO ends below the control on CHAIR_i: the preference signal adds something beyond the extra SFT data.",
+            "b_better": "DPO beats the control on CHAIR_i: the preference signal adds something beyond the extra SFT data.",
             "a_better": ("The control beats DPO on CHAIR_i: supervised training on the corrected answers explains the gain "
                          "better than preference learning."),
             "no_difference": ("DPO and the control cannot be told apart on CHAIR_i at this sample size: the gain is not "

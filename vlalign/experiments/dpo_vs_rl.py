@@ -15,9 +15,10 @@ DPO's one-off pair sampling is charged to every DPO run (wall-clock and tokens).
 
 Cost per improvement (:func:`cost_per_improvement`): seconds (and forward tokens) per 0.01 of
 CHAIR_i removed relative to SFT, from the seed means; undefined (—) when the method does not
-lower CHAIR_i on average. Stability: mean ± sample std (n−1) over ``seeds``; a seed changes the
-method's own randomness (batch order, online sampling) — data, SFT model and pairs are shared, so
-the spread is the method's, not the base model's.
+lower CHAIR_i on average. Stability: mean ± sample std (n−1) and each seed's value; a seed changes the
+method's own randomness (batch order, online sampling) — data, SFT model and pairs are shared, so the
+spread is the method's, not the base model's. Verdicts (each method vs SFT and vs the control): claimed
+only when the paired bootstrap over the same eval items shows the difference on every seed.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from vlalign.config import BaseConfig
+from vlalign.hub import HubConfig
 from vlalign.models.load import ModelConfig
 
 
@@ -76,6 +77,7 @@ class TrainConfig(BaseConfig):
     resume: bool = Field(False, description="continue from the newest complete checkpoint in output_dir")
     max_consecutive_nonfinite: int = Field(3, ge=1, description="abort after this many skipped steps in a row")
     save_merged: bool = Field(True, description="LoRA: also save a merged full model in output_dir/final")
+    hub: HubConfig = Field(default_factory=HubConfig, description="model card and hub upload at the end (vlalign.hub)")
 
     @model_validator(mode="after")
     def _known_names(self) -> TrainConfig:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vlalign.config import save_config
+from vlalign.hub import push_run
 from vlalign.trainers import checkpoint as ckpt
 from vlalign.trainers.common import build_optimizer, build_scheduler, setup_accelerator, total_steps
 from vlalign.trainers.logging import RunLogger
@@ -92,4 +93,6 @@ def finish_run(run: Run, skipped: int) -> dict[str, Any]:
     if run.acc.is_main_process:
         (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     run.log.close()
+    if run.acc.is_main_process:  # model cards in final/ and adapter/; the upload when hub.push_to_hub
+        push_run(run.cfg, run.output_dir, summary)
     return summary
