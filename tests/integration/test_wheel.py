@@ -27,6 +27,7 @@ SOURCES = ("pyproject.toml", "README.md", "vlalign", "configs")
 def build_wheel(dest: Path) -> Path:
     """The wheel of a copy of the sources (the checkout itself gets no build/ or egg-info)."""
     src = dest / "src"
+    src.mkdir()
     for name in SOURCES:
         item = ROOT / name
         if item.is_dir():

@@ -24,7 +24,7 @@ from pydantic import Field, ValidationError
 from vlalign.config import BaseConfig, ConfigError, save_config
 from vlalign.config.base import deep_merge, format_validation_error, parse_overrides
 from vlalign.data.records import to_dict
-from vlalign.data.shapes.generate import ShapesConfig
+from vlalign.data.shapes.generate import ShapesConfig, generate_shapes
 from vlalign.recipes import config_source, recipe_path
 from vlalign.registry import Registry
 
@@ -172,6 +172,19 @@ def trainer_config(kind: str, out: Path, seed: int, model: Mapping[str, Any], da
     base = {"output_dir": str(out), "seed": seed, "model": dict(model), "data": {"train": str(data_file), "max_length": max_length},
             "progress": False, "save_merged": True, **budget.trainer_values()}  # fmt: skip
     return trainer_class(kind).model_validate(deep_merge(base, values))
+
+
+def build_data_and_model(cfg: TinyRecipe, out: Path, clock: StageClock) -> tuple[Path, Path]:
+    """What a tiny recipe starts from: its Shapes data (``out/data``, the recipe's seed) and a random tiny
+    model of its size (``out/base_model``); returns both folders."""
+    t0 = time.perf_counter()
+    data = out / "data"
+    generate_shapes(data, cfg.data.model_copy(update={"seed": cfg.seed}))
+    clock("data", t0)
+    t0 = time.perf_counter()
+    model = build_tiny_model(cfg.family, cfg.model, cfg.data.image_size, cfg.seed, out / "base_model")
+    clock("model", t0)
+    return data, model
 
 
 def build_tiny_model(family: str, size: ModelSize, image_size: int, seed: int, out: Path) -> Path:

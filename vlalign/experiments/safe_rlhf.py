@@ -36,7 +36,6 @@ from pydantic import Field, field_validator
 
 from vlalign.config import BaseConfig
 from vlalign.data.records import PromptRecord
-from vlalign.data.shapes.generate import generate_shapes
 from vlalign.evaluation.evaluate import EvalConfig, read_records
 from vlalign.evaluation.generate import GenerationConfig
 from vlalign.evaluation.items import rate_items
@@ -48,7 +47,7 @@ from vlalign.experiments.base import (
     Stage,
     StageClock,
     TinyRecipe,
-    build_tiny_model,
+    build_data_and_model,
     load_base,
     run_once,
     save_base,
@@ -156,12 +155,8 @@ def prepare_base(cfg: SafeRLHFConfig, out: Path, clock: StageClock) -> Base:
     """Data → tiny model → helpful-only SFT; writes the RL prompt file and ``out/base.json``."""
     if cfg.base_from:
         return load_base(cfg.base_from)
+    data, base_model = build_data_and_model(cfg, out, clock)
     t0 = time.perf_counter()
-    data = out / "data"
-    generate_shapes(data, cfg.data.model_copy(update={"seed": cfg.seed}))
-    clock("data", t0)
-    t0 = time.perf_counter()
-    base_model = build_tiny_model(cfg.family, cfg.model, cfg.data.image_size, cfg.seed, out / "base_model")
     pairs = with_absolute_images(read_records(data / "safety.jsonl"), data)
     rows = helpful_only_sft_rows(pairs, cfg.comply_share, cfg.seed)
     if cfg.caption_rows:

@@ -17,7 +17,6 @@ from pydantic import Field
 
 from vlalign.config import BaseConfig
 from vlalign.data.records import PromptRecord
-from vlalign.data.shapes.generate import generate_shapes
 from vlalign.evaluation.evaluate import read_records
 from vlalign.evaluation.generate import GenerationConfig
 from vlalign.experiments.base import (
@@ -25,7 +24,7 @@ from vlalign.experiments.base import (
     Stage,
     StageClock,
     TinyRecipe,
-    build_tiny_model,
+    build_data_and_model,
     save_base,
     trainer_config,
     with_absolute_images,
@@ -67,15 +66,8 @@ class SFTBaseConfig(TinyRecipe):
 
 def build_sft_model(cfg: SFTBaseConfig, out: Path, clock: StageClock, log: Any = print) -> tuple[Path, Path]:
     """Shapes data → random tiny model → (vision warm-up) → SFT; returns (data dir, SFT model dir)."""
-    t0 = time.perf_counter()
-    data = out / "data"
-    generate_shapes(data, cfg.data.model_copy(update={"seed": cfg.seed}))
-    clock("data", t0)
-
-    t0 = time.perf_counter()
-    base = build_tiny_model(cfg.family, cfg.model, cfg.data.image_size, cfg.seed, out / "base_model")
+    data, base = build_data_and_model(cfg, out, clock)
     sft_rows = with_absolute_images(read_records(data / "sft.jsonl"), data)
-    clock("model", t0)
     if cfg.vision_warmup.steps > 0:  # training scenes only: the SFT rows' ground truth
         t0 = time.perf_counter()
         base, _ = warm_up_vision(base, sft_rows, cfg.vision_warmup, out / "warm_model", cfg.seed, log)
