@@ -5,9 +5,10 @@ SQLite settings, and why:
   (the WAL is replayed or discarded on the next open, never half-applied);
 - ``synchronous=FULL``: a commit is on disk (fsync) before the server answers, so an acknowledged
   judgement survives a power cut as well as a killed process;
-- ``BEGIN IMMEDIATE`` for every transaction: the write lock is taken up front, so two request
-  threads that read-then-write never deadlock on a lock upgrade (SQLITE_BUSY); ``busy_timeout``
-  lets them queue instead of failing;
+- ``BEGIN IMMEDIATE`` for every write transaction (:func:`begin_write`): the write lock is taken up
+  front, so two request threads that read-then-write never deadlock on a lock upgrade (SQLITE_BUSY);
+  ``busy_timeout`` lets them queue instead of failing. Reads use a plain (deferred) BEGIN and, under
+  WAL, never wait for a writer;
 - ``foreign_keys=ON``: SQLite ignores foreign keys unless told.
 
 PostgreSQL (``postgresql+psycopg://user:password@host/dbname``) needs no settings: its default
@@ -19,6 +20,8 @@ The schema is created and upgraded with Alembic (``migrations/``), run in-proces
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
@@ -26,7 +29,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DB_FILE = "annotate.sqlite"
@@ -51,6 +54,19 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _sqlite_begin(conn) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+
+
+@contextlib.contextmanager
+def begin_write(engine: Engine) -> Iterator[Connection]:
+    """A write transaction (SQLite: BEGIN IMMEDIATE); commits on success, rolls back on error."""
+    with engine.connect() as conn:
+        conn.execution_options(write=True)
+        with conn.begin():
+            yield conn
+
+
 def make_engine(url: str, pool_size: int = 20) -> Engine:
     """An engine with the settings above; ``pool_size`` should cover the server's request threads."""
     u = make_url(url)
@@ -60,7 +76,7 @@ def make_engine(url: str, pool_size: int = 20) -> Engine:
         engine = create_engine(u, connect_args={"check_same_thread": False, "timeout": 30},
                                pool_size=pool_size, max_overflow=pool_size)
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(u, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
@@ -83,7 +99,7 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
     """Bring the schema to ``revision`` (idempotent); returns the revision the database is at."""
     cfg = alembic_config()
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
     return current_revision(engine)

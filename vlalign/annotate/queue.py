@@ -140,6 +140,7 @@ class ItemQueue:
     def next_for(self, user: User) -> PairItem | None:
         """The item on ``user``'s screen (served, not answered), else a newly claimed one; None when done."""
         by_id = {it.item_id: it for it in self.store.items()}
+        unc = self.uncertainties() if self.strategy in ("active", "uncertainty") else None  # before the lock
         with self._lock, self.store.transaction(serialize=True) as conn:
             current = self.store.open_assignment(conn, user.id)
             if current is not None:
@@ -147,7 +148,7 @@ class ItemQueue:
             seen = self.store.served_to(conn, user.id)
             # Seeded per (annotator, progress): a resumed session continues the same sequence.
             rng = random.Random(f"{self.seed}:{user.name}:{len(seen)}")
-            item = self._gold_for(seen, rng) or self._regular_for(conn, user, seen, rng)
+            item = self._gold_for(seen, rng) or self._regular_for(conn, user, seen, rng, unc)
             if item is not None:
                 self.store.assign(conn, item.item_id, user.id)
             return item
@@ -158,7 +159,8 @@ class ItemQueue:
         unseen = [it for it in self.store.items() if it.gold is not None and it.item_id not in seen]
         return rng.choice(unseen) if unseen else None
 
-    def _regular_for(self, conn, user: User, seen: set[str], rng: random.Random) -> PairItem | None:
+    def _regular_for(self, conn, user: User, seen: set[str], rng: random.Random,
+                     unc: dict[str, float] | None) -> PairItem | None:
         pending_after = utcnow() - timedelta(seconds=PENDING_SECONDS)
         votes = self.store.vote_counts(conn, exclude_user=user.id, pending_after=pending_after)
         items = self.items
@@ -167,7 +169,6 @@ class ItemQueue:
         if not candidates:
             return None
         order = {it.item_id: k for k, it in enumerate(items)}
-        unc = self.uncertainties() if self.strategy in ("active", "uncertainty") else None
         ctx = QueueContext(user.name, counts, order, rng, (lambda it: unc[it.item_id]) if unc else None)
         return self._pick(candidates, ctx)
 

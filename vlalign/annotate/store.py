@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from vlalign.annotate import schema as t
-from vlalign.annotate.database import make_engine, upgrade
+from vlalign.annotate.database import begin_write, make_engine, upgrade
 from vlalign.annotate.items import PairItem, image_mime
 from vlalign.annotate.judgements import OUTCOMES, Correction, Judgement
 from vlalign.annotate.passwords import hash_password, verify_password
@@ -85,7 +85,7 @@ class Store:
     def transaction(self, serialize: bool = False) -> Iterator[Connection]:
         """One transaction; ``serialize`` makes it exclusive among queue claims (SQLite: every
         transaction already is, BEGIN IMMEDIATE; PostgreSQL: a row lock on the project row)."""
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             if serialize and not self.sqlite:
                 conn.execute(select(t.project.c.id).where(t.project.c.id == 1).with_for_update())
             yield conn
