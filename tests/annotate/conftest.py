@@ -24,6 +24,16 @@ import pytest
 PG_USER = "postgres"
 
 
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(monkeypatch):
+    """scrypt at N=2**10 instead of 2**14 in these tests: each account costs ~5 ms instead of ~0.1-0.2 s
+    on the shared CPU. The cost travels inside each hash, so verification is unchanged;
+    test_passwords checks the production parameters with real hashes."""
+    from vlalign.annotate import passwords
+
+    monkeypatch.setattr(passwords, "N", 2**10)
+
+
 def missing_dependency(what: str, fix: str) -> None:
     """Fail where the set-up should have installed it (root, CI); skip loudly elsewhere."""
     msg = f"{what} is not installed: {fix}"

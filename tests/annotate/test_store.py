@@ -150,7 +150,7 @@ def test_accounts_passwords_invites_logins(db_url):
     with store.engine.connect() as conn:
         stored = [dict(r._mapping) for r in conn.exec_driver_sql("SELECT name, password_hash, invite_hash FROM users")]
     assert all(token not in json.dumps(r) for r in stored)  # only hashes are stored
-    assert stored[0]["password_hash"].startswith("scrypt$16384$8$1$") and PASSWORD not in json.dumps(stored)
+    assert stored[0]["password_hash"].startswith("scrypt$1024$8$1$") and PASSWORD not in json.dumps(stored)
     with pytest.raises(ValueError, match="8 to 256"):
         store.redeem_invite(token, "short")
     assert store.redeem_invite("made-up", "long enough pw") is None
