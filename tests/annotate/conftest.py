@@ -77,8 +77,8 @@ def postgres_server():
     try:
         yield str(sock), port
     finally:
-        subprocess.run(_as_pg([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
-                       capture_output=True, env=env)
+        subprocess.run(_as_pg([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-W", "stop"]),
+                       capture_output=True, env=env, check=False)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -86,14 +86,17 @@ _counter = iter(range(10**6))
 
 
 def new_pg_database(server: tuple[str, int]) -> str:
-    """A fresh, empty database on the session's server; returns its SQLAlchemy URL."""
+    """A fresh, empty schema on the session's server, as the URL's search_path; returns the URL.
+
+    A schema per test instead of a database per test: CREATE DATABASE copies and syncs a template
+    (~2 s each here), CREATE SCHEMA is instant, and the tables land in it all the same."""
     import psycopg
 
     sock, port = server
     name = f"t{os.getpid()}_{next(_counter)}"
     with psycopg.connect(host=sock, port=port, user="vlalign", dbname="postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"postgresql+psycopg://vlalign@/{name}?host={sock}&port={port}"
+        conn.execute(f'CREATE SCHEMA "{name}"')
+    return f"postgresql+psycopg://vlalign@/postgres?host={sock}&port={port}&options=-csearch_path%3D{name}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

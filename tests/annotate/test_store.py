@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from conftest import PASSWORD, make_project
+from conftest import PASSWORD
 
 from vlalign.annotate.database import current_revision, head_revision
 from vlalign.annotate.items import PairItem, save_items
@@ -178,7 +179,7 @@ def test_migrate_jsonl_session(db_url, annotate_data, tmp_path):
     items = []
     for r in records:
         src = r.images[0]
-        (old / "images" / src.split("/")[-1]).write_bytes(open(src, "rb").read())
+        (old / "images" / src.split("/")[-1]).write_bytes(Path(src).read_bytes())
         items.append(PairItem(r.id, r.id, [f"images/{src.split('/')[-1]}"], r.prompt, (r.chosen, r.rejected),
                               ("chosen", "rejected")))
     save_items(items, old)

@@ -14,7 +14,13 @@ from vlalign.annotate.agreement import agreement_report, cohen_kappa, fleiss_kap
 from vlalign.annotate.export import export_preferences, export_ranked, majority, write_export
 from vlalign.annotate.items import PairItem
 from vlalign.annotate.judgements import Correction, Judgement
-from vlalign.annotate.queue import STRATEGIES, ItemQueue, reward_source_scorer, scores_file_scorer, uncertainty
+from vlalign.annotate.queue import (
+    STRATEGIES,
+    ItemQueue,
+    reward_source_scorer,
+    scores_file_scorer,
+    uncertainty,
+)
 from vlalign.annotate.session import Project, open_project
 from vlalign.annotate.store import Store, User
 

@@ -169,7 +169,7 @@ def export(
     if kind not in ("preference", "ranked"):
         fail(f"--kind {kind!r}: use 'preference' or 'ranked'")
     st = open_store(store, db)
-    weights, quality = _weights(st, min_gold_accuracy, weight_by_gold)
+    weights, _quality = _weights(st, min_gold_accuracy, weight_by_gold)
     items, judgements = st.items(), st.judgements(include_disabled=True)
     if kind == "preference":
         records, report = export_preferences(items, judgements, min_votes, corrected_pairs, weights)

@@ -429,7 +429,7 @@ def _parse_time(text: str) -> datetime | None:
     """ISO-8601 → naive UTC (a time without an offset is taken as UTC)."""
     if not text:
         return None
-    d = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    d = datetime.fromisoformat(text.replace("Z", "+00:00"))  # noqa: FURB162 (3.10 cannot read "Z")
     return d if d.tzinfo is None else d.astimezone(timezone.utc).replace(tzinfo=None)  # noqa: UP017
 
 
