@@ -15,6 +15,7 @@ database, read by the migration.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
@@ -138,6 +139,12 @@ def left_side(item_id: str, annotator: str, seed: int) -> str:
     """
     digest = hashlib.sha256(f"{seed}\x00{item_id}\x00{annotator}".encode()).digest()
     return SIDES[digest[0] & 1]
+
+
+def public_id(secret: str, item_id: str) -> str:
+    """The opaque id the browser and outside tools see for an item: HMAC-SHA256 with the project's secret,
+    so no id pattern tells gold items apart and ids cannot be guessed or enumerated."""
+    return hmac.new(secret.encode(), item_id.encode(), hashlib.sha256).hexdigest()[:24]
 
 
 def other(side: str) -> str:

@@ -11,15 +11,13 @@ with the project's secret), so neither an id pattern nor a counter can tell a go
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlalign.annotate.items import PairItem, build_items, items_fingerprint
+from vlalign.annotate.items import PairItem, build_items, items_fingerprint, public_id
 from vlalign.annotate.queue import ItemQueue, PairScorer
 from vlalign.annotate.schema import iso, utcnow
 from vlalign.annotate.store import Store
@@ -41,8 +39,7 @@ class Project:
         return self.queue.items
 
     def public_id(self, item_id: str) -> str:
-        key = self.settings["secret"].encode()
-        return hmac.new(key, item_id.encode(), hashlib.sha256).hexdigest()[:24]
+        return public_id(self.settings["secret"], item_id)
 
     def by_public_id(self, public: str) -> PairItem | None:
         if self._public is None or len(self._public) != len(self.store.items()):
