@@ -185,3 +185,4 @@ def test_review_quality_and_disabling_labels(project, app):
     records, _ = export_preferences(project.items, project.store.judgements())
     assert len(records) == 3  # with bob's labels disabled, ann's votes decide the three items
     assert rev.get("/review").status_code == 200
+    assert Client(app).get("/review").headers["Location"] == "/login"  # pages send strangers to the login

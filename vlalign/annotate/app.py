@@ -22,7 +22,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, g, render_template, request
+from flask import Flask, Response, g, redirect, render_template, request
 
 from vlalign.annotate.guard import LOOPBACK_NAMES, GuardConfig, HTTPError, check_host, check_origin
 from vlalign.annotate.passwords import MAX_PASSWORD, check_password_rules
@@ -122,7 +122,13 @@ def create_app(project: Project, config: AppConfig | None = None) -> Flask:
 
     @app.get("/")
     def index():
+        if g.user is None:
+            return redirect("/login")
         return page("annotate.html", aspects=list(project.aspects))
+
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status=204)
 
     @app.get("/login")
     def login_page():

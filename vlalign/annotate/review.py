@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, g, redirect, request
 
 from vlalign.annotate.agreement import agreement_report
 from vlalign.annotate.guard import HTTPError
@@ -40,6 +40,8 @@ def register_review(app: Flask, project: Any, page: Any) -> None:
 
     @app.get("/review")
     def review_page():
+        if g.get("user") is None:
+            return redirect("/login")
         return page("review.html")
 
     @app.get("/api/review/annotators")
