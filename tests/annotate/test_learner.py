@@ -3,6 +3,7 @@ every item, and the active queue then serves the item the new model is least sur
 
 from __future__ import annotations
 
+import math
 import time
 
 from conftest import make_project
@@ -38,7 +39,7 @@ def test_retrains_every_n_labels_and_reranks_the_queue(tiny_model_dir, annotate_
     assert run["n_labels"] == 3 and run["detail"]["pairs"] == 3 and run["detail"]["items_scored"] == 6
     scores, version = project.store.scores()
     assert version == run["id"] and set(scores) == {f"p{k}" for k in range(6)}
-    assert all(a == a and b == b for a, b in scores.values())  # finite (NaN != NaN)
+    assert all(math.isfinite(a) and math.isfinite(b) for a, b in scores.values())
     # the queue re-ranks: bob (who has seen nothing) gets the item the new model is least sure about
     unc = {k: uncertainty(a, b) for k, (a, b) in scores.items()}
     bob = project.store.user("bob")

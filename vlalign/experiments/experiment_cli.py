@@ -42,6 +42,7 @@ def reward_sources(
 
 def _register_kl_sweep_and_dpo_vs_rl() -> None:
     """`kl-sweep`, `dpo-vs-rl` and `safe-rlhf` (their modules import no torch at import time, so --help stays fast)."""
+    from vlalign.experiments.active_learning import active_learning_command
     from vlalign.experiments.dpo_vs_rl import dpo_vs_rl_command
     from vlalign.experiments.kl_sweep import kl_sweep_command
     from vlalign.experiments.safe_rlhf import safe_rlhf_command
@@ -49,6 +50,7 @@ def _register_kl_sweep_and_dpo_vs_rl() -> None:
     experiment_app.command("kl-sweep")(kl_sweep_command)
     experiment_app.command("dpo-vs-rl")(dpo_vs_rl_command)
     experiment_app.command("safe-rlhf")(safe_rlhf_command)
+    experiment_app.command("active-learning")(active_learning_command)
 
 
 _register_kl_sweep_and_dpo_vs_rl()
