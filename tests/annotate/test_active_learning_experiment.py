@@ -7,7 +7,12 @@ import random
 
 import torch
 
-from vlalign.experiments.active_learning import ActiveLearningConfig, _next_batch, labels_needed, run_active_learning
+from vlalign.experiments.active_learning import (
+    ActiveLearningConfig,
+    _next_batch,
+    labels_needed,
+    run_active_learning,
+)
 
 
 class FakeModel:
