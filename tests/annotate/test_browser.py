@@ -23,7 +23,10 @@ CHROMIUM = os.environ.get("VLALIGN_CHROMIUM", "/usr/bin/chromium")
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing_dependency("the Playwright package", "pip install -e '.[annotate]'")
     if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
         missing_dependency(f"Chromium ({CHROMIUM})", "apt-get install chromium")
     with sync_api.sync_playwright() as p:
