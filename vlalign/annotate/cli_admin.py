@@ -142,6 +142,10 @@ def import_annotations(
 
 
 def register_admin(app: typer.Typer) -> None:
+    """Add the admin commands to ``app`` (once, whoever asks first: the CLI or ``python -m vlalign.annotate``)."""
+    if getattr(app, "_vlalign_admin", False):
+        return
+    app._vlalign_admin = True  # type: ignore[attr-defined]
     app.add_typer(user_app, name="user")
     app.command("migrate")(migrate)
     app.command("export-tasks")(export_tasks)
