@@ -24,7 +24,7 @@ _EXPORTS = {
     "krippendorff_alpha": "agreement", "export_preferences": "export", "export_ranked": "export",
     "majority": "export", "write_export": "export", "PairItem": "items", "Correction": "judgements",
     "Judgement": "judgements", "STRATEGIES": "queue", "ItemQueue": "queue", "reward_source_scorer": "queue",
-    "scores_file_scorer": "queue", "uncertainty": "queue", "Project": "session", "open_project": "session",
+    "scores_file_scorer": "queue", "uncertainty": "scoring", "Project": "session", "open_project": "session",
     "Store": "store", "User": "store",
 }
 __all__ = [  # noqa: RUF022 (grouped by module, as _EXPORTS)

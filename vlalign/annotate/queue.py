@@ -16,7 +16,6 @@ currently on someone else's screen). Strategies are small pure functions registe
 from __future__ import annotations
 
 import json
-import math
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from vlalign.annotate.items import PairItem
 from vlalign.annotate.schema import utcnow
+from vlalign.annotate.scoring import uncertainty
 from vlalign.annotate.store import Store, User
 from vlalign.registry import Registry
 
@@ -33,11 +33,6 @@ from vlalign.registry import Registry
 PairScorer = Callable[[Sequence[PairItem]], Sequence[tuple[float, float]]]
 
 PENDING_SECONDS = 600.0  # an item handed out but not answered blocks others this long at most
-
-
-def uncertainty(r_first: float, r_second: float) -> float:
-    """|σ(r_first − r_second) − 0.5|: 0 = the scorer has no idea, 0.5 = it is certain (Bradley–Terry)."""
-    return abs(1.0 / (1.0 + math.exp(-(r_first - r_second))) - 0.5)
 
 
 @dataclass

@@ -6,7 +6,7 @@ Per seed, both strategies start from the SAME random initial labels. Each round 
 reward model from the same base model on the labels so far (``vlalign rm``), measures its accuracy on
 held-out pairs (per-pair hits, so intervals come from a bootstrap over pairs), and buys the next batch
 of labels: ``random`` uniformly from the unlabelled pool, ``active`` the pairs whose predicted
-preference is closest to a coin flip, min |σ(r_a − r_b) − 0.5| (:func:`vlalign.annotate.queue.uncertainty`),
+preference is closest to a coin flip, min |σ(r_a − r_b) − 0.5| (:func:`vlalign.annotate.scoring.uncertainty`),
 the rule the labelling app's active queue uses. The labeller is simulated by the ground truth of the
 Shapes pairs (their ``chosen`` side), so a label costs one pair and is always right.
 
@@ -82,7 +82,7 @@ def _train(cfg: ActiveLearningConfig, base: Path, records: list[Any], out: Path,
 
 
 def _next_batch(strategy: str, model: Any, pool: list[Any], labelled: list[int], k: int, rng: random.Random) -> list[int]:
-    from vlalign.annotate.queue import uncertainty
+    from vlalign.annotate.scoring import uncertainty
 
     rest = [i for i in range(len(pool)) if i not in set(labelled)]
     if k >= len(rest):
