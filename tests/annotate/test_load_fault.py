@@ -131,6 +131,7 @@ def test_concurrent_annotators_nothing_lost_or_duplicated(db_url, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # 10,000 requests; on the shared 2-core CPU under others' load this took > 600 s
 def test_50_annotators_x_100_submissions(db_url, tmp_path):
     figures = _load(db_url, tmp_path, n_annotators=50, per_user=100)
     assert figures["rows"] == 5000
@@ -175,6 +176,7 @@ def test_sigkill_mid_load_loses_nothing_acknowledged(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_sigkill_five_times_under_50_annotators(db_url, tmp_path):
     _fault(db_url, tmp_path, n_annotators=50, per_user=20)
 
