@@ -57,7 +57,7 @@ class ActiveLearningConfig(BaseConfig):
     model: str | None = Field(None, description="backbone folder; None = build a tiny random one")
     data: ALDataConfig = Field(default_factory=ALDataConfig)
     budgets: list[int] = Field(default_factory=lambda: [16, 32, 48, 64, 96], description="labels after each round")
-    target_accuracy: float = Field(0.65, gt=0, lt=1, description="the accuracy 'labels needed' refers to")
+    target_accuracy: float = Field(0.75, gt=0, lt=1, description="the accuracy 'labels needed' refers to")
     train: ALTrainConfig = Field(default_factory=ALTrainConfig)
 
 
