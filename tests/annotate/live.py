@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
 
-from conftest import PASSWORD, wait_for_line
+from conftest import PASSWORD
 
 
 @dataclass
@@ -27,14 +27,29 @@ class Server:
     port: int = 0
     proc: subprocess.Popen | None = None
     starts: int = 0
+    log: Path | None = None
 
     def start(self, timeout: float = 120.0) -> None:
+        """Start and wait for the announced port. Output goes to a log file, not a pipe: under load waitress
+        logs its task-queue depth, and a pipe nobody reads would fill up and block the server."""
         cmd = [sys.executable, "-m", "vlalign.annotate", "serve", "--db", self.db_url, "--out", str(self.folder),
                "--port", str(self.port), *self.args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        line = wait_for_line(self.proc, "listening on ", timeout)
-        self.port = int(line.split(":")[2].split("/")[0])
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.log = self.folder / f"server-{self.starts}.log"
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [x for x in self.log.read_text().splitlines() if x.startswith("listening on ")]
+            if found:
+                break
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the server did not start within {timeout} s")
+            time.sleep(0.05)
+        self.port = int(found[0].split(":")[2].split("/")[0])
         self.starts += 1
 
     def kill(self) -> None:
@@ -51,9 +66,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=15)
-        if self.proc is not None:
-            for stream in (self.proc.stdout, self.proc.stderr):
-                stream.close()
 
 
 class HttpUser:
