@@ -172,7 +172,8 @@ def _fault(db_url, tmp_path, n_annotators: int, per_user: int, kills: int = 5) -
 
 
 def test_sigkill_mid_load_loses_nothing_acknowledged(tmp_path):
-    _fault(f"sqlite:///{tmp_path / 'annotate.sqlite'}", tmp_path, n_annotators=4, per_user=25)
+    # 2 kills by default (each restart is a process start, ~6 s on the loaded CI CPU); the slow variant kills 5 times
+    _fault(f"sqlite:///{tmp_path / 'annotate.sqlite'}", tmp_path, n_annotators=4, per_user=25, kills=2)
 
 
 @pytest.mark.slow
