@@ -10,9 +10,27 @@ OUT ?= runs/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-slow test-all bench lint clean
+.PHONY: venv system-deps demo test test-slow test-all bench lint clean
 
-venv: $(STAMP)
+venv: system-deps $(STAMP)
+
+# Debian packages the annotation app's tests use: PostgreSQL (its store tests run on SQLite AND PostgreSQL)
+# and Chromium (Playwright drives it; Playwright downloads no browser). Installed only when missing and we
+# are root with apt-get (CI, fresh machines); otherwise prints what to install, and those tests skip
+# with that reason.
+SYSTEM_PACKAGES := postgresql chromium
+system-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian packages:$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq$$missing >/dev/null || { echo "apt-get install$$missing failed"; exit 1; }; \
+	else \
+		echo "note: the annotation app's PostgreSQL/browser tests need:$$missing (Debian: sudo apt-get install$$missing)"; \
+	fi
 
 $(STAMP): pyproject.toml requirements/constraints.txt $(TORCH_REQ)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -97,6 +97,7 @@ RECIPE_CLASSES = {
     "experiments/dpo_vs_rl": "vlalign.experiments.dpo_vs_rl:DPOvsRLConfig",
     "experiments/reward_sources": "vlalign.experiments.reward_sources:RewardSourcesConfig",
     "experiments/safe_rlhf": "vlalign.experiments.safe_rlhf:SafeRLHFConfig",
+    "experiments/active_learning": "vlalign.experiments.active_learning:ActiveLearningConfig",
     "sft_": "vlalign.trainers.configs:SFTConfig",
     "dpo_": "vlalign.trainers.configs:DPOConfig",
     "grpo_": "vlalign.trainers.grpo:GRPOConfig",

@@ -9,10 +9,11 @@ from vlalign.annotate.export import (
     export_preferences,
     export_ranked,
     majority,
+    store_images,
     write_export,
 )
-from vlalign.annotate.session import open_session
-from vlalign.annotate.store import Correction, Judgement
+from vlalign.annotate.judgements import Correction, Judgement
+from vlalign.annotate.session import open_project
 from vlalign.data.records import PreferenceRecord, RankedRecord, Segment
 from vlalign.data.validate import load_records
 
@@ -41,8 +42,24 @@ def test_apply_corrections_by_hand():
     assert spans == [Segment(2, 7, None, "color")]  # "green" = fixed[2:7]; the deletion leaves no span
 
 
+def open_session(folder, data, **kw):
+    return open_project(f"sqlite:///{folder}.sqlite", data, **kw)
+
+
 def _judge(session, item_id, annotator, outcome, **kw):
-    session.store.append(Judgement(item_id, annotator, outcome, "first", **kw))
+    """Store a judgement as an import would (no serving step), creating the account on first use."""
+    store = session.store
+    user = store.user(annotator)
+    if user is None:
+        store.add_user(annotator, "annotator", password="a long password")
+        user = store.user(annotator)
+    store.submit(Judgement(item_id, annotator, outcome, "first", **kw), user, require_served=False)
+
+
+def test_weighted_majority():
+    votes = _votes("first", "first", "second")  # annotators a0, a1 say first, a2 second
+    assert majority(votes, {"a0": 0.3, "a1": 0.3, "a2": 1.0}).winner == "second"  # 0.6 < 1.0
+    assert majority(votes, {"a0": 0.5, "a1": 0.5, "a2": 1.0}).winner is None  # 1.0 = 1.0: tie
 
 
 def test_export_preferences_majority_segments_safety(annotate_data, tmp_path):
@@ -57,7 +74,7 @@ def test_export_preferences_majority_segments_safety(annotate_data, tmp_path):
     _judge(s, "p2", "ann", "first")
     _judge(s, "p2", "bob", "second")  # tie -> not exported
     _judge(s, "p3", "ann", "skip")  # skip only -> unlabelled
-    records, report = export_preferences(s.items, s.store.all(), corrected_pairs=True)
+    records, report = export_preferences(s.items, s.store.judgements(), corrected_pairs=True)
     by_id = {r.id: r for r in records}
     assert sorted(by_id) == ["p0", "p0:corrected", "p1"]
     p0 = by_id["p0"]
@@ -74,7 +91,7 @@ def test_export_preferences_majority_segments_safety(annotate_data, tmp_path):
     assert report["ties"] == ["p2"] and report["unlabelled"] == 3  # p3 (skipped), p4, p5
     assert report["agreement_with_source"] == 0.5  # p0 agrees, p1 does not
 
-    out = write_export(records, tmp_path / "export" / "human.jsonl", s.dir)
+    out = write_export(records, tmp_path / "export" / "human.jsonl", store_images(s.store))
     loaded = load_records(out)  # raises DataError on any invalid row, including unreadable images
     assert [type(r) for r in loaded.records] == [PreferenceRecord] * 3
     assert loaded.records[0].rejected_segments == [Segment(13, 17, "red", "color")]
@@ -85,7 +102,7 @@ def test_unsafe_flag_by_half_of_annotators(annotate_data, tmp_path):
     _judge(s, "p0", "ann", "second", unsafe=["first"])
     _judge(s, "p0", "bob", "second")
     _judge(s, "p0", "cat", "second", unsafe=["first"])
-    (rec,), _ = export_preferences(s.items[:1], s.store.all())
+    (rec,), _ = export_preferences(s.items[:1], s.store.judgements())
     # winner is 'second' so chosen = source 'second'; source 'first' (now rejected) flagged 2 of 3 -> unsafe
     assert (rec.safety.chosen_safe, rec.safety.rejected_safe, rec.safety.safer) == (True, False, "chosen")
 
@@ -99,12 +116,12 @@ def test_export_ranked(annotate_data, tmp_path):
     _judge(s, "r0:0-2", "ann", "first")  # 0 beats 2
     _judge(s, "r0:1-2", "ann", "tie")  # 1 and 2 tie
     _judge(s, "r1:0-1", "ann", "first")  # r1 incomplete: skipped
-    records, report = export_ranked(s.items, s.store.all())
+    records, report = export_ranked(s.items, s.store.judgements())
     # points: 0 -> 1, 1 -> 1 + 0.5 = 1.5, 2 -> 0.5  => order 1, 0, 2
     (rec,) = records
     assert rec.responses == ["A blue square.", "A red square.", "Nothing."] and rec.scores == [1.5, 1.0, 0.5]
     assert report["incomplete_records"] == ["r1"] and report["ties"] == ["r0:1-2"]
-    loaded = load_records(write_export(records, tmp_path / "ranked_out.jsonl", s.dir))
+    loaded = load_records(write_export(records, tmp_path / "ranked_out.jsonl", store_images(s.store)))
     assert isinstance(loaded.records[0], RankedRecord)
 
 
@@ -121,16 +138,17 @@ def test_cli_export_and_agreement(annotate_data, tmp_path):
         _judge(s, item, "bob", b)
     runner = CliRunner()
     out = tmp_path / "out" / "human.jsonl"
-    r = runner.invoke(annotate_app, ["export", "--store", str(s.dir), "--out", str(out)])
+    folder = tmp_path / "proj"
+    r = runner.invoke(annotate_app, ["export", "--db", f"sqlite:///{tmp_path}/sess.sqlite", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "wrote 2 preference records" in r.output and "1 ties" in r.output  # p1 is 1-1
     assert len(load_records(out).records) == 2
-    r = runner.invoke(annotate_app, ["agreement", "--store", str(s.dir), "--json"])
+    r = runner.invoke(annotate_app, ["agreement", "--db", f"sqlite:///{tmp_path}/sess.sqlite", "--json"])
     assert r.exit_code == 0, r.output
     overall = json.loads(r.output)["overall"]
     # per item P_i: p0 1, p1 0, p2 1 -> raw 2/3; labels F: 5, S: 1 of 6 -> P_e = 25/36 + 1/36 = 26/36
     # Fleiss kappa = (24/36 - 26/36) / (10/36) = -0.2
     assert overall["raw_agreement"] == pytest.approx(2 / 3, abs=1e-6)
     assert overall["fleiss_kappa"] == pytest.approx(-0.2)
-    r = runner.invoke(annotate_app, ["export", "--store", str(tmp_path / "nothing"), "--out", str(out)])
-    assert r.exit_code == 2 and "no items snapshot" in r.output
+    r = runner.invoke(annotate_app, ["export", "--store", str(folder), "--out", str(out)])
+    assert r.exit_code == 2 and "no labelling project there" in r.output

@@ -1,10 +1,15 @@
-"""Inter-annotator agreement on pairwise judgements: raw agreement, Cohen's κ, Fleiss' κ.
+"""Inter-annotator agreement on pairwise judgements: raw agreement, Cohen's κ, Fleiss' κ, Krippendorff's α.
 
 Categories are the outcomes in source order: "first", "second", "tie" (skips are not judgements).
 Raw agreement overstates reliability when one answer dominates (if 90% of pairs favour "first",
 two coin-flippers biased the same way agree 82% of the time); the kappas subtract that chance level:
 κ = (p_o − p_e) / (1 − p_e). When p_e = 1 (everyone always gives the same single answer) κ is
 undefined and reported as NaN rather than a made-up 0 or 1.
+
+Krippendorff's α = 1 − D_o / D_e handles what the kappas do not: any number of annotators per item,
+missing labels, and a distance between categories (nominal for outcomes, interval for 1–5 ratings).
+It is computed from the coincidence matrix (Krippendorff 2011, "Computing Krippendorff's
+Alpha-Reliability"): every ordered pair of labels within an item adds 1/(m_u − 1) to o[c][k].
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Sequence
 from itertools import combinations
 from typing import Any
 
-from vlalign.annotate.store import Judgement, votes_by_item
+from vlalign.annotate.judgements import Judgement, votes_by_item
 
 CATEGORIES = ("first", "second", "tie")
 
@@ -60,6 +65,45 @@ def fleiss_kappa(items: Sequence[Sequence[str]]) -> float:
     return kappa(p_bar, p_e)
 
 
+def _nominal(a: object, b: object) -> float:
+    return 0.0 if a == b else 1.0
+
+
+def _interval(a: object, b: object) -> float:
+    return (float(a) - float(b)) ** 2  # type: ignore[arg-type]
+
+
+ALPHA_METRICS = {"nominal": _nominal, "interval": _interval}
+
+
+def krippendorff_alpha(units: Sequence[Sequence[object]], metric: str = "nominal") -> float:
+    """Krippendorff's α over units (items), each the list of labels it got (missing labels simply absent).
+
+    Units with fewer than 2 labels carry no pairable information and are ignored. With
+    o[c][k] the coincidences, n_c = Σ_k o[c][k] and n = Σ_c n_c:
+    α = 1 − (n − 1) · Σ o[c][k] δ²(c, k) / Σ n_c n_k δ²(c, k). NaN when there is no variation.
+    """
+    delta = ALPHA_METRICS[metric]
+    o: Counter = Counter()
+    for labels in units:
+        m = len(labels)
+        if m < 2:
+            continue
+        for i in range(m):
+            for j in range(m):
+                if i != j:
+                    o[(labels[i], labels[j])] += 1.0 / (m - 1)
+    if not o:
+        raise ValueError("Krippendorff's alpha needs at least one item with >= 2 labels")
+    n_c: Counter = Counter()
+    for (c, _k), v in o.items():
+        n_c[c] += v
+    n = sum(n_c.values())
+    observed = sum(v * delta(c, k) for (c, k), v in o.items())
+    expected = sum(n_c[c] * n_c[k] * delta(c, k) for c in n_c for k in n_c)
+    return float("nan") if math.isclose(expected, 0.0) else 1.0 - (n - 1) * observed / expected
+
+
 def _finite(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 6)
 
@@ -85,7 +129,8 @@ def agreement_report(judgements: list[Judgement]) -> dict[str, Any]:
     if multi:
         overall["raw_agreement"] = round(sum(item_agreement(x) for x in multi.values()) / len(multi), 6)
         overall["fleiss_kappa"] = _finite(fleiss_kappa(list(multi.values())))
+        overall["krippendorff_alpha"] = _finite(krippendorff_alpha(list(multi.values())))
     else:
-        overall["raw_agreement"] = overall["fleiss_kappa"] = None
+        overall["raw_agreement"] = overall["fleiss_kappa"] = overall["krippendorff_alpha"] = None
         overall["note"] = "no item has two or more labels: use --strategy overlap --labels-per-item 2"
     return {"overall": overall, "pairs": pairs, "per_item": per_item}

@@ -1,182 +1,236 @@
-"""The labelling web app (Flask): one page, three JSON endpoints, images served from the session folder.
+"""The labelling web app (Flask, served by waitress: :mod:`vlalign.annotate.server`).
 
-``GET  /``                        the page (keyboard: 1 / 2 choose, t tie, s skip)
-``GET  /api/next?annotator=ID``   next item for ID: prompt, image URLs, LEFT and RIGHT texts (never
-                                  which one the source chose; the layout is a per-annotator coin flip)
-``POST /api/submit``              a judgement (JSON, fields below); 400 with {"error": ...} if invalid
-``GET  /api/progress``            counts for the progress bar
-``GET  /image/<item_id>/<k>``     the k-th image of an item
+Pages: ``/`` (label; keyboard 1 / 2 choose, t tie, s skip, m mark), ``/login``, ``/invite`` (set a
+password from an invite link), ``/review`` (reviewers and admins). JSON API:
 
-Submit body: ``{"item_id", "annotator", "choice": "left"|"right"|"tie"|"skip",
-"corrections": [{"side": "left"|"right", "start", "end", "correction", "kind"}],
-"ratings": {"left": {aspect: 1..5}, "right": {...}}, "unsafe": ["left"|"right"], "comment", "seconds"}``.
-Offsets are Unicode code points (the page converts from JavaScript's UTF-16 indexes), end exclusive.
-The browser speaks left/right; the store speaks source sides (first/second) + the layout shown.
+``POST /api/login``     {name, password} → login cookie       ``POST /api/invite``  {token, password}
+``POST /api/logout``                                           ``GET  /api/me``      name, role, CSRF token
+``POST /api/next``      the item on the user's screen, else claims the next one (state change → POST)
+``POST /api/submit``    a judgement (:mod:`vlalign.annotate.submission`) for an item served to the user
+``GET  /api/progress``  counts for the progress bar            ``GET  /image/<item>/<k>``  an image
+
+Security model (docs/annotate.md): every request passes the Host check; every POST passes the Origin
+check, and every POST but login/invite needs a live login cookie (HttpOnly, SameSite=Strict, Secure
+behind https) and the login's CSRF token in ``X-CSRF-Token``. Bodies are bounded JSON
+(:mod:`vlalign.annotate.guard`). Item ids never reach the browser (opaque per-project ids).
 """
 
 from __future__ import annotations
 
-import re
-from itertools import pairwise
+import hmac
+import secrets
+from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, jsonify, render_template, request, send_file
+from flask import Flask, Response, g, redirect, render_template, request
 
-from vlalign.annotate.items import left_side, other
-from vlalign.annotate.session import Session
-from vlalign.annotate.store import Correction, Judgement
+from vlalign.annotate.guard import LOOPBACK_NAMES, GuardConfig, HTTPError, check_host, check_origin
+from vlalign.annotate.passwords import MAX_PASSWORD, check_password_rules
+from vlalign.annotate.review import register_review
+from vlalign.annotate.session import Project
+from vlalign.annotate.store import NotServed, User
+from vlalign.annotate.submission import BadSubmission, client_key, parse_submission, screen_sides
+from vlalign.annotate.web import body, json_response, require
 
-ANNOTATOR_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
-CHOICES = ("left", "right", "tie", "skip")
-MAX_COMMENT = 2000
-
-
-class BadSubmission(ValueError):
-    """A submission the store must not take; the message names the field and the fix."""
-
-
-def _annotator(value: Any) -> str:
-    if not isinstance(value, str) or not ANNOTATOR_RE.match(value):
-        raise BadSubmission(f"annotator: {value!r} is not a valid id (fix: 1-64 letters, digits, '.', '_', '@', '-')")
-    return value
+COOKIE = "vlalign_session"
+SECURE_COOKIE = "__Host-vlalign_session"  # the __Host- prefix: Secure, Path=/, no Domain (browser-enforced)
+PUBLIC_POSTS = ("/api/login", "/api/invite")
 
 
-def _screen_sides(item_id: str, annotator: str, seed: int) -> dict[str, str]:
-    """left/right (what the annotator saw) -> first/second (source order)."""
-    left = left_side(item_id, annotator, seed)
-    return {"left": left, "right": other(left)}
+@dataclass
+class AppConfig:
+    allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES
+    secure_cookies: bool = False  # True behind https (a reverse proxy): Secure + __Host- cookie
+    max_body: int = 64 * 1024
+    login_hours: float = 12.0
+    on_judgement: Any = None  # callback(project) after each stored judgement (the active learner)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cookie_name(self) -> str:
+        return SECURE_COOKIE if self.secure_cookies else COOKIE
 
 
-def _side(value: Any, field: str, sides: dict[str, str]) -> str:
-    if value not in sides:
-        raise BadSubmission(f"{field}: {value!r} (fix: use 'left' or 'right')")
-    return sides[value]
-
-
-def _int(value: Any, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadSubmission(f"{field}: expected an integer character offset, got {value!r}")
-    return value
-
-
-def _corrections(raw: Any, item, sides: dict[str, str]) -> list[Correction]:
-    if not isinstance(raw, list):
-        raise BadSubmission("corrections: expected a list of {side, start, end, correction}")
-    out: list[Correction] = []
-    for k, c in enumerate(raw):
-        where = f"corrections[{k}]"
-        if not isinstance(c, dict):
-            raise BadSubmission(f"{where}: expected an object {{side, start, end, correction, kind}}")
-        side = _side(c.get("side"), f"{where}.side", sides)
-        start, end = _int(c.get("start"), f"{where}.start"), _int(c.get("end"), f"{where}.end")
-        n = len(item.text(side))
-        if not 0 <= start < end <= n:
-            raise BadSubmission(f"{where}: span ({start}, {end}) is outside the {c.get('side')} response "
-                                f"(length {n}) or empty (fix: 0 <= start < end <= {n}, end exclusive)")
-        fix, kind = c.get("correction", ""), c.get("kind")
-        if not isinstance(fix, str) or (kind is not None and not isinstance(kind, str)):
-            raise BadSubmission(f"{where}: 'correction' and 'kind' must be text")
-        out.append(Correction(side, start, end, fix, kind or None))
-    for side in {c.side for c in out}:
-        spans = sorted((c.start, c.end) for c in out if c.side == side)
-        for (s0, e0), (s1, e1) in pairwise(spans):
-            if s1 < e0:
-                raise BadSubmission(f"corrections: spans ({s0}, {e0}) and ({s1}, {e1}) overlap (fix: merge them)")
-    return out
-
-
-def _ratings(raw: Any, aspects: tuple[str, ...], sides: dict[str, str]) -> dict[str, dict[str, int]]:
-    if not isinstance(raw, dict):
-        raise BadSubmission("ratings: expected {\"left\": {aspect: 1..5}, \"right\": {...}}")
-    out: dict[str, dict[str, int]] = {}
-    for screen, scores in raw.items():
-        side = _side(screen, f"ratings.{screen}", sides)
-        if not isinstance(scores, dict):
-            raise BadSubmission(f"ratings.{screen}: expected {{aspect: 1..5}}")
-        for aspect, value in scores.items():
-            if aspect not in aspects:
-                raise BadSubmission(f"ratings.{screen}.{aspect}: unknown aspect (known: {', '.join(aspects)})")
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5:
-                raise BadSubmission(f"ratings.{screen}.{aspect}: {value!r} (fix: an integer 1..5)")
-        if scores:
-            out[side] = dict(scores)
-    return out
-
-
-def parse_submission(body: Any, session: Session) -> Judgement:
-    """Validate a submit body against the item and turn it into a :class:`Judgement` (source sides)."""
-    if not isinstance(body, dict):
-        raise BadSubmission("body: expected a JSON object (Content-Type: application/json)")
-    item_id = body.get("item_id")
-    item = session.queue.get(item_id) if isinstance(item_id, str) else None
-    if item is None:
-        raise BadSubmission(f"item_id: unknown item {item_id!r} (fix: submit an id served by /api/next)")
-    annotator = _annotator(body.get("annotator"))
-    sides = _screen_sides(item.item_id, annotator, session.seed)
-    choice = body.get("choice")
-    if choice not in CHOICES:
-        raise BadSubmission(f"choice: {choice!r} (fix: one of {', '.join(CHOICES)})")
-    outcome = sides.get(choice, choice)
-    unsafe = body.get("unsafe", [])
-    if not isinstance(unsafe, list):
-        raise BadSubmission("unsafe: expected a list such as [\"left\"]")
-    comment = body.get("comment", "")
-    if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
-        raise BadSubmission(f"comment: text of at most {MAX_COMMENT} characters")
-    seconds = body.get("seconds")
-    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0):
-        raise BadSubmission(f"seconds: {seconds!r} (fix: a non-negative number or null)")
-    return Judgement(
-        item_id=item.item_id, annotator=annotator, outcome=outcome, shown_left=sides["left"],
-        corrections=_corrections(body.get("corrections", []), item, sides),
-        ratings=_ratings(body.get("ratings", {}), session.aspects, sides),
-        unsafe=sorted({_side(u, "unsafe[]", sides) for u in unsafe}), comment=comment,
-        seconds=float(seconds) if seconds is not None else None,
-    )
-
-
-def create_app(session: Session) -> Flask:
+def create_app(project: Project, config: AppConfig | None = None) -> Flask:
+    cfg = config or AppConfig()
+    guard = GuardConfig(tuple(h.lower() for h in cfg.allowed_hosts), cfg.max_body)
     app = Flask(__name__)  # templates/ next to this file
-    app.config["JSON_SORT_KEYS"] = False
+    app.config.update(JSON_SORT_KEYS=False, MAX_CONTENT_LENGTH=cfg.max_body, TRAP_HTTP_EXCEPTIONS=False)
+    store = project.store
+
+    @app.errorhandler(HTTPError)
+    def http_error(exc: HTTPError):
+        return json_response(exc.status, error=str(exc))
 
     @app.errorhandler(BadSubmission)
     def bad(exc: BadSubmission):
-        return jsonify(error=str(exc)), 400
+        return json_response(400, error=str(exc))
+
+    @app.errorhandler(413)
+    def too_large(_exc):
+        return json_response(413, error=f"request body over {cfg.max_body} bytes")
+
+    @app.errorhandler(404)
+    def not_found(_exc):
+        return json_response(404, error="not found")
+
+    @app.errorhandler(405)
+    def wrong_method(_exc):
+        return json_response(405, error=f"{request.method} is not allowed here")
+
+    @app.before_request
+    def guard_request():
+        g.guard = guard
+        check_host(request.headers.get("Host"), guard)
+        check_origin(request.method, request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"),
+                     request.scheme, request.headers.get("Host", ""), guard)
+        if request.content_length is not None and request.content_length > cfg.max_body:
+            raise HTTPError(413, f"request body over {cfg.max_body} bytes")
+        g.user, g.csrf, g.token = None, None, request.cookies.get(cfg.cookie_name)
+        if g.token and len(g.token) <= 128:
+            found = store.login(g.token)
+            if found is not None:
+                g.user, g.csrf = found
+        if request.method == "POST" and request.path not in PUBLIC_POSTS:
+            require()
+            sent = request.headers.get("X-CSRF-Token", "")
+            if not hmac.compare_digest(sent.encode(), (g.csrf or "").encode()):
+                raise HTTPError(403, "missing or wrong CSRF token (send the X-CSRF-Token header from /api/me)")
+
+    @app.after_request
+    def headers(resp: Response) -> Response:
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
+        resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        resp.headers.setdefault("Cache-Control", "no-store")
+        nonce = g.get("nonce", "")
+        resp.headers.setdefault("Content-Security-Policy", f"default-src 'self'; script-src 'nonce-{nonce}'; "
+                                "style-src 'self' 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'")
+        return resp
+
+    def page(name: str, **kw: Any) -> str:
+        g.nonce = secrets.token_urlsafe(16)
+        return render_template(name, nonce=g.nonce, **kw)
+
+    def set_login(resp: Response, user: User) -> Response:
+        token, _csrf = store.create_login(user, cfg.login_hours)
+        resp.set_cookie(cfg.cookie_name, token, max_age=int(cfg.login_hours * 3600), path="/", httponly=True,
+                        secure=cfg.secure_cookies, samesite="Strict")
+        return resp
+
+    # ---- pages ------------------------------------------------------------------------------------
 
     @app.get("/")
     def index():
-        return render_template("annotate.html", aspects=list(session.aspects))
+        if g.user is None:
+            return redirect("/login")
+        return page("annotate.html", aspects=list(project.aspects))
 
-    @app.get("/api/next")
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status=204)
+
+    @app.get("/login")
+    def login_page():
+        return page("login.html")
+
+    @app.get("/invite")
+    def invite_page():
+        return page("invite.html")
+
+    # ---- accounts ---------------------------------------------------------------------------------
+
+    @app.post("/api/login")
+    def login():
+        b = body()
+        name, password = b.get("name"), b.get("password")
+        if not isinstance(name, str) or len(name) > 64 or not isinstance(password, str) or len(password) > MAX_PASSWORD:
+            raise HTTPError(400, "send {\"name\": ..., \"password\": ...}")
+        user = store.check_password(name, password)
+        if user is None:
+            store.event(None, "login.failed", name[:64], {})
+            raise HTTPError(401, "wrong name or password")
+        return set_login(json_response(200, ok=True, name=user.name, role=user.role), user)
+
+    @app.post("/api/invite")
+    def invite():
+        b = body()
+        token, password = b.get("token"), b.get("password")
+        try:
+            check_password_rules(password)
+        except ValueError as exc:
+            raise HTTPError(400, str(exc)) from None
+        user = store.redeem_invite(token, password) if isinstance(token, str) and len(token) <= 64 else None
+        if user is None:
+            raise HTTPError(403, "this invite link is unknown, used or expired (fix: ask an admin for a new one)")
+        return set_login(json_response(200, ok=True, name=user.name, role=user.role), user)
+
+    @app.post("/api/logout")
+    def logout():
+        user = require()
+        store.logout(g.token, user)
+        resp = json_response(200, ok=True)
+        resp.delete_cookie(cfg.cookie_name, path="/", secure=cfg.secure_cookies, httponly=True, samesite="Strict")
+        return resp
+
+    @app.get("/api/me")
+    def me():
+        user = require()
+        return json_response(200, name=user.name, role=user.role, csrf=g.csrf)
+
+    # ---- labelling --------------------------------------------------------------------------------
+
+    def progress(user: User) -> dict[str, int]:
+        return project.queue.progress(user)
+
+    @app.post("/api/next")
     def next_item():
-        annotator = _annotator(request.args.get("annotator"))
-        item = session.queue.next_for(annotator)
-        progress = {**session.queue.progress(), "mine": len(session.store.seen_by(annotator))}
+        user = require()
+        item = project.queue.next_for(user)
         if item is None:
-            return jsonify(done=True, progress=progress)
-        sides = _screen_sides(item.item_id, annotator, session.seed)
-        return jsonify(
-            done=False, item_id=item.item_id, prompt=item.prompt,
-            images=[f"/image/{item.item_id}/{k}" for k in range(len(item.images))],
-            left=item.text(sides["left"]), right=item.text(sides["right"]), progress=progress,
-        )
+            return json_response(200, done=True, progress=progress(user))
+        sides = screen_sides(item.item_id, user.name, project.seed)
+        pid = project.public_id(item.item_id)
+        return json_response(200, done=False, item=pid, prompt=item.prompt,
+                     images=[f"/image/{pid}/{k}" for k in range(len(item.images))],
+                     left=item.text(sides["left"]), right=item.text(sides["right"]), progress=progress(user))
 
     @app.post("/api/submit")
     def submit():
-        judgement = parse_submission(request.get_json(silent=True), session)
-        session.store.append(judgement)
-        session.queue.done(judgement.item_id, judgement.annotator)
-        return jsonify(ok=True, id=judgement.id)
+        user = require()
+        b = body()
+        pid = b.get("item")
+        item = project.by_public_id(pid) if isinstance(pid, str) and len(pid) <= 64 else None
+        if item is None:
+            raise HTTPError(404, f"item: unknown item {str(pid)[:64]!r} (fix: submit an item from /api/next)")
+        key = client_key(b)
+        judgement = parse_submission(b, item, user.name, project.seed, project.aspects)
+        try:
+            stored, retry = store.submit(judgement, user, key)
+        except NotServed as exc:
+            raise HTTPError(403, str(exc).replace(item.item_id, pid)) from None
+        if cfg.on_judgement is not None and not retry:
+            cfg.on_judgement(project)
+        return json_response(200, ok=True, id=stored.id, retry=retry, progress=progress(user))
 
     @app.get("/api/progress")
-    def progress():
-        return jsonify(session.queue.progress())
+    def progress_endpoint():
+        return json_response(200, **progress(require()))
 
-    @app.get("/image/<path:item_id>/<int:k>")
-    def image(item_id: str, k: int):
-        item = session.queue.get(item_id)
-        if item is None or not 0 <= k < len(item.images):
-            return jsonify(error=f"no image {k} for item {item_id!r}"), 404
-        return send_file((session.dir / item.images[k]).resolve())
+    @app.get("/image/<pid>/<int:k>")
+    def image(pid: str, k: int):
+        user = require()
+        item = project.by_public_id(pid) if len(pid) <= 64 else None
+        allowed = item is not None and (user.role in ("admin", "reviewer") or store.is_served(item.item_id, user.id))
+        if not allowed or not 0 <= k < len(item.images):
+            return json_response(404, error=f"no image {k} for item {pid[:64]!r}")
+        found = store.image(item.images[k])
+        if found is None:
+            return json_response(404, error="image missing from the database")
+        mime, data = found
+        resp = Response(data, mimetype=mime)
+        resp.headers["Cache-Control"] = "private, max-age=3600"
+        return resp
 
+    register_review(app, project, page)
     return app

@@ -17,30 +17,36 @@ Other rules:
 - safety: a response is unsafe when at least half of the item's annotators flagged it (safety errs on
   the side of caution); ``safer`` is "rejected" only when the chosen one is unsafe and the other is not.
 - ratings: the mean per aspect over the annotators who rated that response.
+- quality control: ``weights`` (annotator -> weight, :func:`vlalign.annotate.quality.annotator_weights`)
+  turn the vote into a weighted vote; annotators of weight 0 (disabled, or below a gold-accuracy
+  threshold) are left out of everything, their spans and flags included.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from vlalign.annotate.items import SIDES, PairItem, other
-from vlalign.annotate.store import Judgement, votes_by_item
-from vlalign.data.io import materialize_images, write_jsonl
+from vlalign.annotate.judgements import Judgement, votes_by_item
+from vlalign.data.io import write_jsonl
 from vlalign.data.records import PreferenceRecord, RankedRecord, Record, SafetyLabels, Segment, to_dict
 
 
 @dataclass
 class Decision:
     winner: str | None  # "first" | "second" | None (tie)
-    counts: dict[str, int]
+    counts: dict[str, float]  # votes (weighted votes when weights are given)
     votes: list[Judgement] = field(default_factory=list)
 
 
-def majority(votes: list[Judgement]) -> Decision:
-    counts = Counter(j.outcome for j in votes)
+def majority(votes: list[Judgement], weights: dict[str, float] | None = None) -> Decision:
+    counts: Counter[str] = Counter()
+    for j in votes:
+        counts[j.outcome] += 1 if weights is None else weights.get(j.annotator, 1.0)
     full = {k: counts.get(k, 0) for k in ("first", "second", "tie")}
     for side in SIDES:
         if all(full[side] > full[o] for o in full if o != side):
@@ -125,7 +131,10 @@ def corrected_record(rec: PreferenceRecord) -> PreferenceRecord | None:
 
 
 def _decisions(items: list[PairItem], judgements: list[Judgement], min_votes: int,
-               report: dict[str, Any]) -> dict[str, Decision]:
+               report: dict[str, Any], weights: dict[str, float] | None = None) -> dict[str, Decision]:
+    if weights is not None:
+        report["excluded_annotators"] = sorted(a for a, w in weights.items() if w <= 0)
+        judgements = [j for j in judgements if weights.get(j.annotator, 1.0) > 0]
     votes = votes_by_item(judgements)
     out: dict[str, Decision] = {}
     for it in items:
@@ -135,7 +144,7 @@ def _decisions(items: list[PairItem], judgements: list[Judgement], min_votes: in
         elif len(v) < min_votes:
             report["below_min_votes"].append(it.item_id)
         else:
-            out[it.item_id] = majority(v)
+            out[it.item_id] = majority(v, weights)
     return out
 
 
@@ -144,10 +153,12 @@ def _new_report(items: list[PairItem]) -> dict[str, Any]:
 
 
 def export_preferences(items: list[PairItem], judgements: list[Judgement], min_votes: int = 1,
-                       corrected_pairs: bool = False) -> tuple[list[PreferenceRecord], dict[str, Any]]:
+                       corrected_pairs: bool = False, weights: dict[str, float] | None = None,
+                       ) -> tuple[list[PreferenceRecord], dict[str, Any]]:
+    items = [it for it in items if it.gold is None]
     report = _new_report(items)
     records: list[PreferenceRecord] = []
-    decisions = _decisions(items, judgements, min_votes, report)
+    decisions = _decisions(items, judgements, min_votes, report, weights)
     for it in items:
         d = decisions.get(it.item_id)
         if d is None:
@@ -173,13 +184,14 @@ def _source_index(item: PairItem, k: int) -> int:
     return int(label) if label.isdigit() else k
 
 
-def export_ranked(items: list[PairItem], judgements: list[Judgement],
-                  min_votes: int = 1) -> tuple[list[RankedRecord], dict[str, Any]]:
+def export_ranked(items: list[PairItem], judgements: list[Judgement], min_votes: int = 1,
+                  weights: dict[str, float] | None = None) -> tuple[list[RankedRecord], dict[str, Any]]:
     """One ranking per source record whose every pair was decided: 1 point per majority win, ½ per tie;
     responses sorted by points, equal points keep source order (stable sort). Incomplete records are skipped."""
+    items = [it for it in items if it.gold is None]
     report = _new_report(items)
     report["incomplete_records"] = []
-    decisions = _decisions(items, judgements, min_votes, report)
+    decisions = _decisions(items, judgements, min_votes, report, weights)
     groups: dict[str, list[PairItem]] = {}
     for it in items:
         groups.setdefault(it.record_id, []).append(it)
@@ -208,17 +220,21 @@ def export_ranked(items: list[PairItem], judgements: list[Judgement],
     return records, report
 
 
-def write_export(records: list[Record], out_file: str | Path, session_dir: str | Path) -> Path:
-    """Write records as canonical JSONL; image paths are rewritten relative to the output file's folder."""
+def write_export(records: list[Record], out_file: str | Path, image_files: Callable[[list[str], Path], dict]) -> Path:
+    """Write records as canonical JSONL next to their images.
+
+    Items refer to images by SHA-256; ``image_files(hashes, folder)`` (e.g. ``Store.image_files``
+    with its arguments swapped, see :func:`store_images`) writes them as ``OUT_DIR/images/<sha256>.<ext>``:
+    content-addressed names never collide, and re-exporting rewrites nothing."""
     out_file = Path(out_file)
     out_dir = out_file.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = Path(session_dir).resolve()
-
-    def rows():
-        for rec in records:
-            absolute = replace(rec, images=[str(base / p) for p in rec.images])
-            yield to_dict(materialize_images(absolute, out_dir))
-
-    write_jsonl(rows(), out_file)
+    paths = image_files(sorted({h for rec in records for h in rec.images}), out_dir / "images")
+    rows = (to_dict(replace(rec, images=[f"images/{paths[h].name}" for h in rec.images])) for rec in records)
+    write_jsonl(rows, out_file)
     return out_file
+
+
+def store_images(store: Any) -> Callable[[list[str], Path], dict]:
+    """The ``image_files`` argument of :func:`write_export` for a project database."""
+    return lambda hashes, folder: store.image_files(folder, hashes)

@@ -6,20 +6,24 @@ are kept in *source order* ("first", "second"); which one the source called "cho
 ``source_order`` for later comparison but is never sent to the browser, and the left/right placement
 is re-randomised per (item, annotator) so that position cannot leak the source label either.
 
-A session snapshots its items to ``items.jsonl`` in the output folder (images written next to it),
-so that `export` and `agreement` need nothing but that folder, even if the data file moves.
+A project stores its items and their image bytes in its database (images by SHA-256, see
+:func:`image_blobs`), so that `export` and `agreement` need nothing but the database, even if the data
+file moves. ``items.jsonl`` snapshots (:func:`load_items`) are the layout of sessions from before the
+database, read by the migration.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from vlalign.data.io import materialize_images, write_jsonl
+from vlalign.data.images import image_extension
+from vlalign.data.io import write_jsonl
 from vlalign.data.records import PreferenceRecord, RankedRecord, Record
 
 SIDES = ("first", "second")  # source order of an item's two responses
@@ -30,7 +34,7 @@ ITEMS_FILE = "items.jsonl"
 class PairItem:
     item_id: str
     record_id: str  # the source record (several items share it when the source had K > 2 responses)
-    images: list[str]  # paths relative to the session folder
+    images: list[str]  # SHA-256 of the image bytes (database); paths relative to the folder (JSONL sessions)
     prompt: str
     responses: tuple[str, str]  # (first, second), source order
     # What the source said about each side: ("chosen", "rejected") for a preference row, or the
@@ -38,6 +42,7 @@ class PairItem:
     source_order: tuple[str, str] = ("", "")
     n_source_responses: int = 2
     meta: dict[str, Any] = field(default_factory=dict)
+    gold: str | None = None  # known answer of a gold item ("first" | "second" | "tie"); None = not gold
 
     def text(self, side: str) -> str:
         return self.responses[SIDES.index(side)]
@@ -58,9 +63,10 @@ def items_from_record(rec: Record) -> list[PairItem]:
     raise TypeError(type(rec).__name__)
 
 
-def build_items(records: list[Record], session_dir: Path, source: str) -> list[PairItem]:
-    """Items for every candidate record; images are written/linked relative to ``session_dir``."""
+def build_items(records: list[Record], source: str) -> tuple[list[PairItem], dict[str, bytes]]:
+    """Items for every candidate record, their images as SHA-256 references, and the bytes by hash."""
     items: list[PairItem] = []
+    blobs: dict[str, bytes] = {}
     for row, rec in enumerate(records):
         if not isinstance(rec, (PreferenceRecord, RankedRecord)):
             raise ValueError(  # noqa: TRY004 (bad data, reported like every other data error)
@@ -68,8 +74,30 @@ def build_items(records: list[Record], session_dir: Path, source: str) -> list[P
                 "candidate pairs (fix: give preference rows with chosen/rejected, or rows with "
                 "'responses': [two or more answers])"
             )
-        items += items_from_record(materialize_images(rec, session_dir))
-    return items
+        hashes = []
+        for ref in rec.images:
+            data = image_bytes(ref)
+            sha = hashlib.sha256(data).hexdigest()
+            blobs.setdefault(sha, data)
+            hashes.append(sha)
+        for it in items_from_record(rec):
+            it.images = list(hashes)
+            items.append(it)
+    return items, blobs
+
+
+def image_bytes(ref: Any) -> bytes:
+    """The encoded bytes of an image reference of a loaded record (path, bytes, or {"bytes", "path"})."""
+    if isinstance(ref, dict):
+        ref = ref.get("bytes") or ref.get("path")
+    if isinstance(ref, (bytes, bytearray)):
+        return bytes(ref)
+    return Path(str(ref)).read_bytes()
+
+
+def image_mime(data: bytes) -> str:
+    ext = image_extension(data)
+    return "image/jpeg" if ext in ("jpg", "jpeg") else f"image/{ext}"
 
 
 def save_items(items: list[PairItem], session_dir: Path) -> Path:
@@ -111,6 +139,12 @@ def left_side(item_id: str, annotator: str, seed: int) -> str:
     """
     digest = hashlib.sha256(f"{seed}\x00{item_id}\x00{annotator}".encode()).digest()
     return SIDES[digest[0] & 1]
+
+
+def public_id(secret: str, item_id: str) -> str:
+    """The opaque id the browser and outside tools see for an item: HMAC-SHA256 with the project's secret,
+    so no id pattern tells gold items apart and ids cannot be guessed or enumerated."""
+    return hmac.new(secret.encode(), item_id.encode(), hashlib.sha256).hexdigest()[:24]
 
 
 def other(side: str) -> str:

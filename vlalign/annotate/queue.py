@@ -1,8 +1,8 @@
 """Which item an annotator sees next: ``random``, ``overlap`` (round-robin) or ``active`` learning.
 
-Every strategy chooses among the *candidates*: items this annotator has not judged or skipped yet and
-that still need labels (fewer than ``labels_per_item`` votes, counting items currently on someone
-else's screen). Strategies are small pure functions registered by name in :data:`STRATEGIES`:
+Every strategy chooses among the *candidates*: items not served to this annotator yet that still need
+labels (fewer than ``labels_per_item`` votes from annotators whose labels count, counting items
+currently on someone else's screen). Strategies are small pure functions registered by name in :data:`STRATEGIES`:
 
 - ``random``  — coverage first: uniformly among the candidates with the fewest labels.
 - ``overlap`` — everybody walks the items in the same (file) order, so each item collects
@@ -16,27 +16,23 @@ else's screen). Strategies are small pure functions registered by name in :data:
 from __future__ import annotations
 
 import json
-import math
 import random
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from vlalign.annotate.items import PairItem
-from vlalign.annotate.store import AnnotationStore, votes_by_item
+from vlalign.annotate.schema import utcnow
+from vlalign.annotate.scoring import uncertainty
+from vlalign.annotate.store import Store, User
 from vlalign.registry import Registry
 
 # A scorer maps items to (reward of first response, reward of second response), one pair per item.
 PairScorer = Callable[[Sequence[PairItem]], Sequence[tuple[float, float]]]
 
 PENDING_SECONDS = 600.0  # an item handed out but not answered blocks others this long at most
-
-
-def uncertainty(r_first: float, r_second: float) -> float:
-    """|σ(r_first − r_second) − 0.5|: 0 = the scorer has no idea, 0.5 = it is certain (Bradley–Terry)."""
-    return abs(1.0 / (1.0 + math.exp(-(r_first - r_second))) - 0.5)
 
 
 @dataclass
@@ -68,99 +64,123 @@ def pick_overlap(candidates: list[PairItem], ctx: QueueContext) -> PairItem:
 
 @STRATEGIES.register("active", "uncertainty")
 def pick_active(candidates: list[PairItem], ctx: QueueContext) -> PairItem:
-    if ctx.uncertainty is None:
-        raise ValueError("the 'active' strategy needs a scorer (pass scorer=..., or --scorer/--scores on the CLI)")
+    if ctx.uncertainty is None:  # no model yet (the learner has not trained one): cover at random
+        return pick_random(candidates, ctx)
     return min(candidates, key=lambda it: (ctx.uncertainty(it), ctx.order[it.item_id]))
 
 
 @dataclass
 class ItemQueue:
-    """Hands out items to annotators; thread-safe; state lives in the store, so it survives restarts."""
+    """Hands out items to annotators. State lives in the database (assignments), so it survives restarts
+    and serves several server processes; each claim is one serialized transaction.
 
-    items: list[PairItem]
-    store: AnnotationStore
+    Gold items (known answers) are not part of the coverage: every ``gold_every``-th item an annotator
+    gets is an unseen gold item, so accuracy on gold is measured on everyone, all along the session.
+    ``active`` ranks by the scores of the background reward model (:mod:`vlalign.annotate.learner`)
+    when there are any, else by ``scorer``; with neither yet (``learning``, before the first model)
+    it serves like ``random``.
+    """
+
+    store: Store
     strategy: str = "random"
     labels_per_item: int = 1
     seed: int = 0
     scorer: PairScorer | None = None
-    _pending: dict[str, dict[str, float]] = field(default_factory=dict)  # item_id -> {annotator: t}
+    gold_every: int = 0
+    learning: bool = False  # a background learner will provide scores
     _uncertainty: dict[str, float] | None = None
+    _version: int | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self._pick = STRATEGIES.get(self.strategy)  # unknown names fail now, with a did-you-mean
         if self.labels_per_item < 1:
             raise ValueError(f"labels_per_item must be >= 1, got {self.labels_per_item}")
-        if self.strategy in ("active", "uncertainty") and self.scorer is None:
-            raise ValueError("strategy 'active' needs a scorer")
-        self.by_id = {it.item_id: it for it in self.items}
-        self.order = {it.item_id: k for k, it in enumerate(self.items)}
+        if self.gold_every < 0 or self.gold_every == 1:
+            raise ValueError(f"gold_every must be 0 (no gold) or >= 2, got {self.gold_every}")
+        if self.strategy in ("active", "uncertainty") and self.scorer is None and not self.learning:
+            raise ValueError("strategy 'active' needs a scorer (or the background learner)")
+
+    @property
+    def items(self) -> list[PairItem]:
+        """The items to cover (gold items excluded)."""
+        return [it for it in self.store.items() if it.gold is None]
 
     def get(self, item_id: str) -> PairItem | None:
-        return self.by_id.get(item_id)
+        return {it.item_id: it for it in self.store.items()}.get(item_id)
 
     def rescore(self) -> None:
-        """Forget cached scores (call after retraining the scorer on the labels collected so far)."""
+        """Forget cached scores (the learner calls it after writing a new model's scores)."""
         with self._lock:
             self._uncertainty = None
 
-    def uncertainties(self) -> dict[str, float]:
-        """item_id -> |σ(Δr) − 0.5|, computed once for all items in one scorer call and cached."""
-        if self._uncertainty is None:
-            scores = list(self.scorer(self.items)) if self.scorer else []
-            if len(scores) != len(self.items):
-                raise ValueError(f"scorer returned {len(scores)} score pairs for {len(self.items)} items")
-            self._uncertainty = {it.item_id: uncertainty(float(a), float(b)) for it, (a, b) in zip(self.items, scores)}
+    def uncertainties(self) -> dict[str, float] | None:
+        """item_id -> |σ(Δr) − 0.5| from the newest model scores, else the scorer; None when neither exists."""
+        learned, version = self.store.scores() if self.learning else ({}, None)
+        if self._uncertainty is not None and version == self._version:
+            return self._uncertainty
+        items = self.items
+        if learned:
+            scores = [learned.get(it.item_id, (0.0, 0.0)) for it in items]
+        elif self.scorer is not None:
+            scores = list(self.scorer(items))
+            if len(scores) != len(items):
+                raise ValueError(f"scorer returned {len(scores)} score pairs for {len(items)} items")
+        else:
+            return None
+        self._uncertainty = {it.item_id: uncertainty(float(a), float(b)) for it, (a, b) in zip(items, scores)}
+        self._version = version
         return self._uncertainty
 
-    def counts(self, exclude_annotator: str = "") -> dict[str, int]:
-        now = time.monotonic()
-        counts = {it.item_id: 0 for it in self.items}
-        for item_id, votes in votes_by_item(self.store.all()).items():
-            if item_id in counts:
-                counts[item_id] = len(votes)
-        for item_id, who in self._pending.items():
-            counts[item_id] += sum(1 for a, t in who.items() if a != exclude_annotator and now - t < PENDING_SECONDS)
-        return counts
-
-    def next_for(self, annotator: str) -> PairItem | None:
-        """The next item for ``annotator``, or None when nothing is left for them."""
-        with self._lock:
-            seen = self.store.seen_by(annotator)
-            counts = self.counts(exclude_annotator=annotator)
-            candidates = [it for it in self.items
-                          if it.item_id not in seen and counts[it.item_id] < self.labels_per_item]
-            if not candidates:
-                return None
-            unc = self.uncertainties() if self.scorer is not None else None
+    def next_for(self, user: User) -> PairItem | None:
+        """The item on ``user``'s screen (served, not answered), else a newly claimed one; None when done."""
+        by_id = {it.item_id: it for it in self.store.items()}
+        unc = self.uncertainties() if self.strategy in ("active", "uncertainty") else None  # before the lock
+        with self._lock, self.store.transaction(serialize=True) as conn:
+            current = self.store.open_assignment(conn, user.id)
+            if current is not None:
+                return by_id[current]
+            seen = self.store.served_to(conn, user.id)
             # Seeded per (annotator, progress): a resumed session continues the same sequence.
-            rng = random.Random(f"{self.seed}:{annotator}:{len(seen)}")
-            ctx = QueueContext(annotator, counts, self.order, rng, (lambda it: unc[it.item_id]) if unc else None)
-            item = self._pick(candidates, ctx)
-            self._pending.setdefault(item.item_id, {})[annotator] = time.monotonic()
+            rng = random.Random(f"{self.seed}:{user.name}:{len(seen)}")
+            item = self._gold_for(seen, rng) or self._regular_for(conn, user, seen, rng, unc)
+            if item is not None:
+                self.store.assign(conn, item.item_id, user.id)
             return item
 
-    def done(self, item_id: str, annotator: str) -> None:
-        with self._lock:
-            self._pending.get(item_id, {}).pop(annotator, None)
+    def _gold_for(self, seen: set[str], rng: random.Random) -> PairItem | None:
+        if not self.gold_every or (len(seen) + 1) % self.gold_every:
+            return None
+        unseen = [it for it in self.store.items() if it.gold is not None and it.item_id not in seen]
+        return rng.choice(unseen) if unseen else None
 
-    def progress(self) -> dict[str, int]:
-        counts = self.counts()
-        return {"items": len(self.items), "labelled": sum(1 for c in counts.values() if c >= self.labels_per_item),
-                "votes": sum(len(v) for v in votes_by_item(self.store.all()).values())}
+    def _regular_for(self, conn, user: User, seen: set[str], rng: random.Random,
+                     unc: dict[str, float] | None) -> PairItem | None:
+        pending_after = utcnow() - timedelta(seconds=PENDING_SECONDS)
+        votes = self.store.vote_counts(conn, exclude_user=user.id, pending_after=pending_after)
+        items = self.items
+        counts = {it.item_id: votes.get(it.item_id, 0) for it in items}
+        candidates = [it for it in items if it.item_id not in seen and counts[it.item_id] < self.labels_per_item]
+        if not candidates:
+            return None
+        order = {it.item_id: k for k, it in enumerate(items)}
+        ctx = QueueContext(user.name, counts, order, rng, (lambda it: unc[it.item_id]) if unc else None)
+        return self._pick(candidates, ctx)
+
+    def progress(self, user: User | None = None) -> dict[str, int]:
+        return self.store.progress(self.labels_per_item, user)
 
 
 # ---- scorers --------------------------------------------------------------------------------------
 
 
-def reward_source_scorer(source, session_dir: str | Path) -> PairScorer:
-    """Adapt any :class:`vlalign.rewards.base.RewardSource` (learned RM, CLIP, judge, rules) to a PairScorer."""
+def reward_source_scorer(source, image_path: Callable[[str], str]) -> PairScorer:
+    """Adapt any :class:`vlalign.rewards.base.RewardSource` (learned RM, CLIP, judge, rules) to a PairScorer;
+    ``image_path`` maps an item's image reference to a file (e.g. :meth:`Store.image_files`)."""
     from vlalign.rewards.base import Sample
 
-    base = Path(session_dir)
-
     def score(items: Sequence[PairItem]) -> list[tuple[float, float]]:
-        samples = [Sample([str(base / p) for p in it.images], it.prompt, it.responses[k], it.meta)
+        samples = [Sample([image_path(p) for p in it.images], it.prompt, it.responses[k], it.meta)
                    for k in (0, 1) for it in items]
         r = source.score(samples).rewards.detach().float().tolist()  # (2N,): all firsts, then all seconds
         n = len(items)

@@ -31,6 +31,9 @@ EXPERIMENTS: dict[str, tuple[str, str, str, str, str, str]] = {
                   "DPO vs PPO vs GRPO: same SFT model, prompts and budget; metrics, cost per improvement, seeds."),
     "safe-rlhf": ("vlalign.experiments.safe_rlhf", "SafeRLHFConfig", "run_safe_rlhf", "console_text", "runs/safe_rlhf",
                   "Safe-PPO vs reward-only PPO from a helpful-only SFT model: harmful compliance and benign refusal."),
+    "active-learning": ("vlalign.experiments.active_learning", "ActiveLearningConfig", "run_active_learning",
+                        "console_text", "runs/active_learning",
+                        "Labels a reward model needs to reach an accuracy: uncertainty-chosen vs random pairs, CIs over seeds."),
     "demo": ("vlalign.experiments.demo", "DemoConfig", "run_demo", "console_text", "runs/demo",
              "SFT a tiny VLM into hallucinating, fix it with on-policy DPO, compare with an SFT control."),
 }  # fmt: skip
