@@ -45,7 +45,7 @@ def test_family_reloads_offline_forward_and_generate(family, tiny_model_dir):
 
 
 @pytest.mark.parametrize("family", ARCHITECTURES)
-def test_family_loads_with_lora_and_trains(family, tiny_model_dir):
+def test_family_loads_with_lora_and_trains(family, tiny_model_dir, learning):
     from PIL import Image
 
     loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir(family)), lora={"enabled": True, "r": 4}))
@@ -64,4 +64,4 @@ def test_family_loads_with_lora_and_trains(family, tiny_model_dir):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < losses[0] - 0.05, losses
+    assert learning.above("loss fall", losses[0] - losses[-1], 0.05), losses  # LoRA init: the test's seed
