@@ -12,7 +12,7 @@ selected tests once per (kernels, threads, seed) in a fresh pytest process with 
 ``VLALIGN_TEST_THREADS`` and ``VLALIGN_TEST_SEED`` set, collects every recorded value and prints, per
 assertion, the range per kernel set and overall, mean ± std, the bound and the worst case's margin.
 
-    .venv/bin/python scripts/learning_spread.py                     # every learning test, 5 seeds x 3 kernels
+    .venv/bin/python scripts/learning_spread.py --jobs 4            # every learning test, 5 seeds x 3 kernels
     .venv/bin/python scripts/learning_spread.py tests/integration/test_rl_ppo.py::test_ppo_reward_rises \
         --seeds 0-9 --kernels native,avx2,default --threads 1,2 --json runs/spread_ppo.json
 
@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vlalign.evaluation.stats import seed_spread
@@ -56,7 +57,8 @@ def run_once(tests: list[str], kernels: str, threads: int, seed: int, log: Path,
         env["ATEN_CPU_CAPABILITY"] = kernels
     if not tests:
         env["VLALIGN_LEARNING_ONLY"] = "1"  # conftest keeps only the tests that use the `learning` fixture
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker, *(tests or ["tests"])]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker,
+           f"--basetemp={log.with_suffix('')}", *(tests or ["tests"])]  # own temp folder: runs may overlap
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     tail = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="ATEN_CPU_CAPABILITY values; native = unset (default native,avx2,default)")
     ap.add_argument("--threads", default="2", help="torch thread counts, e.g. 1,2 (default 2, as the suite pins)")
     ap.add_argument("-m", "--marker", default="not slow", help="pytest -m expression (default 'not slow')")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="pytest processes at once (each uses --threads threads; default 1)")
     ap.add_argument("--json", type=Path, help="write every value and the summary here")
     args = ap.parse_args(argv)
 
@@ -112,16 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     failed_runs = []
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        for kernels in args.kernels.split(","):
-            for threads in (int(t) for t in args.threads.split(",")):
-                for seed in parse_seeds(args.seeds):
-                    log = Path(tmp) / f"{kernels}-{threads}-{seed}.jsonl"
-                    code, _ = run_once(args.tests, kernels, threads, seed, log, args.marker)
-                    if code not in (0, 1):  # 1 = a test failed, which is what the spread is about
-                        failed_runs.append((kernels, threads, seed, code))
-                    got = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
-                    rows += [{**r, "run_kernels": kernels} for r in got]
+    combos = [(k, int(t), s) for k in args.kernels.split(",") for t in args.threads.split(",")
+              for s in parse_seeds(args.seeds)]
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
+        logs = {c: Path(tmp) / "{}-{}-{}.jsonl".format(*c) for c in combos}
+        codes = pool.map(lambda c: run_once(args.tests, *c, logs[c], args.marker)[0], combos)
+        for (kernels, threads, seed), code in zip(combos, codes, strict=True):
+            if code not in (0, 1):  # 1 = a test failed, which is what the spread is about
+                failed_runs.append((kernels, threads, seed, code))
+            log = logs[(kernels, threads, seed)]
+            got = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+            rows += [{**r, "run_kernels": kernels} for r in got]
     summary = summarise(rows)
     print_table(summary)
     print(f"\n{len(rows)} values in {time.perf_counter() - t0:.0f} s")
