@@ -32,6 +32,7 @@ def sh(args: list[str], env: dict[str, str] | None = None) -> None:
 
 def run_env(kernels: str, threads: int) -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # same numerics; idle threads do not spin on a shared CPU
     env.pop("ATEN_CPU_CAPABILITY", None)
     if kernels != "native":
         env["ATEN_CPU_CAPABILITY"] = kernels

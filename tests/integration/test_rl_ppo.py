@@ -123,10 +123,11 @@ def test_ppo_reward_rises(tmp_path, learning):
     # Toy task: reward = share of spaces in the response; the random policy scores ~0.14. The critic
     # is a value head on the policy (zero-initialised, its own small learning rate).
     model = tiny_llava(tmp_path.parent / "models")
-    cfg, res = _run(rl_overrides(tmp_path, model, prompt_file(tmp_path / "data"), max_steps=10, seed=learning.seed,
-                                 learning_rate=3e-2, critic="shared", critic_learning_rate=1e-3, lam=0.95))
+    cfg, res = _run(rl_overrides(tmp_path, model, prompt_file(tmp_path / "data"), max_steps=16, seed=learning.seed,
+                                 per_device_batch_size=4, learning_rate=3e-2, critic="shared",
+                                 critic_learning_rate=1e-3, lam=0.95))
     rows = [r for r in read_metrics(cfg.output_dir) if "reward/mean" in r]
-    assert len(rows) == 10 and res["stop_reason"] is None
+    assert len(rows) == 16 and res["stop_reason"] is None
     first = sum(r["reward/mean"] for r in rows[:2]) / 2
     last = sum(r["reward/mean"] for r in rows[-2:]) / 2
     assert learning.above("reward rise", last - first, 0.05), (first, last)
