@@ -52,5 +52,5 @@ endif
 test-any-cpu: $(STAMP)
 	ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -m "not slow" --reverse tests
 	@echo "random order $(ORDER_SEED) (the same order again: make test-any-cpu ORDER_SEED=$(ORDER_SEED))"
-	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m "not slow" --random-order-bucket=global \
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m "not slow" --random-order-bucket=module \
 		--random-order-seed=$(ORDER_SEED) tests

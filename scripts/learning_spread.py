@@ -15,6 +15,7 @@ assertion, the range per kernel set and overall, mean ± std, the bound and the 
     .venv/bin/python scripts/learning_spread.py --jobs 4            # every learning test, 5 seeds x 3 kernels
     .venv/bin/python scripts/learning_spread.py tests/integration/test_rl_ppo.py::test_ppo_reward_rises \
         --seeds 0-9 --kernels native,avx2,default --threads 1,2 --json runs/spread_ppo.json
+    .venv/bin/python scripts/learning_spread.py --from runs/spread_ppo.json runs/more.json   # tabulate only
 
 Without test ids it runs every test of the default suite that uses the ``learning`` fixture. ``native``
 means ``ATEN_CPU_CAPABILITY`` unset (the CPU's best kernels). See docs/reproducibility.md.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -48,7 +50,8 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def run_once(tests: list[str], kernels: str, threads: int, seed: int, log: Path, marker: str) -> tuple[int, float]:
+def run_once(tests: list[str], kernels: str, threads: int, seed: int, log: Path, marker: str,
+             extra: list[str]) -> tuple[int, float]:
     """One pytest process for one (kernels, threads, seed); its learning values are appended to ``log``."""
     env = dict(os.environ, VLALIGN_TEST_SEED=str(seed), VLALIGN_TEST_THREADS=str(threads),
                VLALIGN_LEARNING_LOG=str(log), HF_HUB_OFFLINE="1")
@@ -58,7 +61,7 @@ def run_once(tests: list[str], kernels: str, threads: int, seed: int, log: Path,
     if not tests:
         env["VLALIGN_LEARNING_ONLY"] = "1"  # conftest keeps only the tests that use the `learning` fixture
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker,
-           f"--basetemp={log.with_suffix('')}", *(tests or ["tests"])]  # own temp folder: runs may overlap
+           f"--basetemp={log.with_suffix('')}", *extra, *(tests or ["tests"])]  # own temp folder: runs may overlap
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     tail = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
@@ -78,7 +81,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         worst = min(values) if op == ">" else max(values)
         per_kernel: dict[str, list[float]] = defaultdict(list)
         for r in rs:
-            per_kernel[f"{r['run_kernels']}/{r['kernels']} t{r['threads']}"].append(r["value"])
+            per_kernel[f"{r.get('run_kernels', '?')}/{r['kernels']} t{r['threads']}"].append(r["value"])
         spread = seed_spread(values)
         out.append({
             "test": test, "name": name, "op": op, "bound": bound, "n": len(values),
@@ -107,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="ATEN_CPU_CAPABILITY values; native = unset (default native,avx2,default)")
     ap.add_argument("--threads", default="2", help="torch thread counts, e.g. 1,2 (default 2, as the suite pins)")
     ap.add_argument("-m", "--marker", default="not slow", help="pytest -m expression (default 'not slow')")
+    ap.add_argument("--pytest-args", default="", help="more pytest arguments, e.g. \"-k 'not ppo'\"")
     ap.add_argument("--jobs", type=int, default=1,
                     help="pytest processes at once (each uses --threads threads; default 1)")
+    ap.add_argument("--from", dest="from_files", type=Path, nargs="+",
+                    help="only tabulate: earlier --json files and VLALIGN_LEARNING_LOG .jsonl files")
     ap.add_argument("--json", type=Path, help="write every value and the summary here")
     args = ap.parse_args(argv)
 
@@ -116,11 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     failed_runs = []
     t0 = time.perf_counter()
+    if args.from_files:  # no runs: tabulate earlier --json outputs and VLALIGN_LEARNING_LOG files together
+        for path in args.from_files:
+            text = path.read_text()
+            rows += json.loads(text)["rows"] if path.suffix == ".json" else [json.loads(x) for x in text.splitlines()]
+        print_table(summarise(rows))
+        return 0
     combos = [(k, int(t), s) for k in args.kernels.split(",") for t in args.threads.split(",")
               for s in parse_seeds(args.seeds)]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
         logs = {c: Path(tmp) / "{}-{}-{}.jsonl".format(*c) for c in combos}
-        codes = pool.map(lambda c: run_once(args.tests, *c, logs[c], args.marker)[0], combos)
+        extra = shlex.split(args.pytest_args)
+        codes = pool.map(lambda c: run_once(args.tests, *c, logs[c], args.marker, extra)[0], combos)
         for (kernels, threads, seed), code in zip(combos, codes, strict=True):
             if code not in (0, 1):  # 1 = a test failed, which is what the spread is about
                 failed_runs.append((kernels, threads, seed, code))
