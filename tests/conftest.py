@@ -42,7 +42,8 @@ except RuntimeError:
 # ``deterministic: true`` calling ``torch.use_deterministic_algorithms``) must not change the tests after it.
 _TORCH_SWITCHES = {
     "deterministic_algorithms": (
-        lambda: (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()),
+        lambda: (torch.are_deterministic_algorithms_enabled(),
+                 torch.is_deterministic_algorithms_warn_only_enabled()),
         lambda v: torch.use_deterministic_algorithms(v[0], warn_only=v[1])),
     "default_dtype": (torch.get_default_dtype, torch.set_default_dtype),
     "grad_enabled": (torch.is_grad_enabled, torch.set_grad_enabled),
@@ -50,7 +51,8 @@ _TORCH_SWITCHES = {
     "float32_matmul_precision": (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
     "cudnn_deterministic": (lambda: torch.backends.cudnn.deterministic,
                             lambda v: setattr(torch.backends.cudnn, "deterministic", v)),
-    "cudnn_benchmark": (lambda: torch.backends.cudnn.benchmark, lambda v: setattr(torch.backends.cudnn, "benchmark", v)),
+    "cudnn_benchmark": (lambda: torch.backends.cudnn.benchmark,
+                        lambda v: setattr(torch.backends.cudnn, "benchmark", v)),
 }
 # pytest itself sets and pops this one around every test phase.
 _PYTEST_OWNED_ENV = {"PYTEST_CURRENT_TEST"}
@@ -95,7 +97,8 @@ def _restore(state: dict) -> list[str]:
     if (root.level, _own_handlers(root)) != state["root_logger"]:
         changed.append("root logger")
         root.setLevel(state["root_logger"][0])
-        root.handlers[:] = [h for h in root.handlers if h not in _own_handlers(root)] + state["root_logger"][1]
+        pytest_handlers = [h for h in root.handlers if h not in _own_handlers(root)]
+        root.handlers[:] = pytest_handlers + state["root_logger"][1]
     if torch.get_num_threads() != TEST_THREADS:
         changed.append(f"torch threads {torch.get_num_threads()}")
     return changed
@@ -131,8 +134,10 @@ def fresh_global_state(seed: int = TEST_SEED, threads: int = TEST_THREADS):
         leaked = _restore(_BASELINE)
         _reset_accelerate()
         torch.set_num_threads(threads)
+        seed_everything(seed)  # module- and session-scoped fixtures set up before the next test start here too
         if leaked and os.environ.get("VLALIGN_REPORT_LEAKS"):
-            print(f"\n[global state] {os.environ.get('PYTEST_CURRENT_TEST', '?')} changed: {'; '.join(leaked)}")
+            test = os.environ.get("PYTEST_CURRENT_TEST", "?")
+            print(f"\n[global state] {test} changed: {'; '.join(leaked)}")
 
 
 @pytest.fixture(autouse=True)
@@ -211,8 +216,9 @@ def tiny_model_dir(tmp_path_factory):
         if family not in built:
             from vlalign.models.tiny import build_tiny
 
+            out = tmp_path_factory.mktemp(f"tiny_{family}")
             with torch.random.fork_rng(devices=[]):  # build_tiny seeds torch's global RNG: keep the test's
-                built[family] = build_tiny(family, tmp_path_factory.mktemp(f"tiny_{family}"), size="tiny", seed=0)
+                built[family] = build_tiny(family, out, size="tiny", seed=0)
         return built[family]
 
     return get
