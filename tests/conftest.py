@@ -14,7 +14,10 @@ TEST_THREADS = int(os.environ.get("VLALIGN_TEST_THREADS", "2"))
 # configs (`learning.seed`). 0 in every normal run; scripts/learning_spread.py sets it to measure how a
 # learning test's effect spreads over seeds.
 TEST_SEED = int(os.environ.get("VLALIGN_TEST_SEED", "0"))
-os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(TEST_THREADS)
+os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)
+# torch reads MKL_NUM_THREADS after OMP_NUM_THREADS: a stray one would override the count a test gives the
+# subprocesses it starts (test_trainers_resume runs them with OMP_NUM_THREADS=1 to match its own run).
+os.environ.pop("MKL_NUM_THREADS", None)
 # Idle OpenMP threads sleep instead of spinning. Numerics are unchanged (the work is split the same way);
 # on a CPU shared with other processes spinning threads steal each other's cores: a loop of small matmuls
 # on 2 threads took 39-78 s spinning vs 2-4 s passive on this project's loaded 2-core machine.
