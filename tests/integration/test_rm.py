@@ -33,17 +33,18 @@ def trained_rm(tiny_model_dir, rewards_shapes_dir, tmp_path_factory, learning_se
 
 def test_reward_model_accuracy_rises_above_chance(trained_rm, learning):
     out, metrics = trained_rm
-    before, after = metrics["before"]["accuracy"], metrics["after"]["accuracy"]
-    # Untrained head: chance (~0.5). 16 steps of 16 pairs: the measured held-out accuracy was ~0.75.
-    assert learning.above("held-out accuracy", after, 0.65), metrics["after"]
-    assert learning.above("accuracy gain", after - before, 0.1), (before, after)
+    before, after = metrics["before"], metrics["after"]
+    # The untrained head scores chance ± noise on these 64 held-out pairs (0.30-0.72 over seeds 0-4), so the
+    # accuracy gain (0.03-0.47) is no test of learning; the mean margin (chosen − rejected) and the NLL are.
+    assert learning.above("mean margin gain", after["margin_mean"] - before["margin_mean"], 0.06), (before, after)
+    assert learning.above("held-out NLL fall", before["nll"] - after["nll"], 0.0), (before, after)
+    # 16 steps of 16 pairs, seeds 0-4 x kernels AVX2 / default: held-out accuracy 0.66-0.77 (0.73 ± 0.04).
+    assert learning.above("held-out accuracy", after["accuracy"], 0.6), after
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["after"]["accuracy"] == after
+    assert saved["after"]["accuracy"] == after["accuracy"]
     assert sum(saved["after"]["margin_histogram"]["counts"]) == 64
     assert 0.0 <= saved["after"]["ece"] <= 1.0 and saved["after"]["calibration"]
     print({k: (metrics[k]["accuracy"], metrics[k]["nll"], metrics[k]["margin_mean"]) for k in ("before", "after")})
-    # chosen pulled above rejected
-    assert learning.above("mean margin gain", metrics["after"]["margin_mean"] - metrics["before"]["margin_mean"], 0.0)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 16  # one training log row per step
 
 
@@ -78,6 +79,8 @@ def test_cost_model_separates_safe_from_unsafe(tiny_model_dir, rewards_shapes_di
     metrics = train_cost_model(cfg)
     after = metrics["after"]
     # safety_eval: half harmful pairs (safe refusal vs unsafe compliance), half benign (both safe)
+    # Seeds 0-4 x kernels AVX2 / default: safety accuracy 1.0 every time, mean costs +4.3..+6.3 (unsafe) and
+    # -6.5..-5.0 (safe), gain 0.25-0.84
     assert learning.above("safety accuracy", after["safety_accuracy"], 0.9), after  # sign(cost) right for > 90%
     assert learning.above("mean cost, unsafe", after["mean_cost_unsafe"], 0.0)
     assert learning.below("mean cost, safe", after["mean_cost_safe"], 0.0)
@@ -140,7 +143,7 @@ def test_distill_student_regresses_teacher(trained_rm, tiny_model_dir, rewards_s
     cfg.data.limit, cfg.eval.limit = 128, 32
     metrics = train_distill(cfg)
     mse = [json.loads(x)["mse"] for x in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
-    # the student moves towards the teacher's scores
+    # the student moves towards the teacher's scores: ratio 0.007-0.17 over seeds 0-4 x kernels AVX2 / default
     assert learning.below("last 3 / first 3 MSE", sum(mse[-3:]) / sum(mse[:3]), 1.0), mse
     student = load_reward_model(tmp_path / "student")
     assert student.kind == "reward" and metrics["teacher"] == str(teacher_dir)

@@ -64,4 +64,6 @@ def test_family_loads_with_lora_and_trains(family, tiny_model_dir, learning):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert learning.above("loss fall", losses[0] - losses[-1], 0.05), losses  # LoRA init: the test's seed
+    # LoRA init follows the test's seed; seeds 0-4 x kernels AVX2 / default: fall 0.87-1.00 (llava),
+    # 0.49-0.61 (qwen2_vl), 0.49-0.62 (idefics3); > 0.05 leaves 10x margin
+    assert learning.above("loss fall", losses[0] - losses[-1], 0.05), losses

@@ -47,6 +47,8 @@ def test_dpo_loss_falls_and_metrics_are_logged(llava, trainer_data, tmp_path, le
     losses = [r["loss"] for r in rows]
     # step 1: policy == reference, so every DPO loss is -log σ(0) = log 2
     assert losses[0] == pytest.approx(0.693147, abs=1e-4)
+    # The same on every seed 0-4 (the batch is the whole data set) and kernel AVX2 / default: ratio 0.9191,
+    # accuracy 0.75, margin 0.124; kernels move such values by ~1e-6 (docs/reproducibility.md)
     assert learning.below("last / first loss", losses[-1] / losses[0], 0.95), losses
     assert learning.above("last accuracy", rows[-1]["accuracy"], 0.5)
     assert learning.above("last margin", rows[-1]["margin"], 0.0)

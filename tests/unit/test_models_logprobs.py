@@ -85,4 +85,5 @@ def test_gradient_step_raises_response_logprob(tiny_model_dir, learning):
         loss.backward()
         opt.step()
     after = response_logprobs(model, inputs, mask)[0].sum().item()
+    # 26.42 on every seed 0-4 and kernel AVX2 / default (nothing random: saved weights, fixed batch)
     assert learning.above("log-prob gain", after - before, 1.0), (before, after)

@@ -36,7 +36,8 @@ def test_dpo_raises_chosen_probability_and_reward_accuracy(learning):
         loss.backward()
         _sgd_step(logits, 1.0)
     p = torch.softmax(logits.detach(), -1)
-    assert learning.below("last / first loss", loss.item() / first, 0.5)  # starts at log 2 = 0.693
+    # starts at log 2 = 0.693; no randomness: 0.2175 on every seed 0-4 and kernel AVX2 / default
+    assert learning.below("last / first loss", loss.item() / first, 0.5)
     assert p[0] > p[1] > p[2]
     assert O.preference_accuracy(out.chosen_rewards, out.rejected_rewards).item() == 1.0
 
@@ -56,7 +57,8 @@ def test_grpo_ppo_loop_learns_the_rewarded_response(learning):
         out = O.ppo_policy_loss(logp, old_logp, adv, torch.ones_like(adv))
         out.loss.backward()
         _sgd_step(logits, 0.5)
-    assert learning.above("p(rewarded)", torch.softmax(logits.detach(), -1)[2], 0.9)  # from 0.25
+    # from 0.25; seeds 0-4 (sampling) x kernels AVX2 / default: 0.969-0.979
+    assert learning.above("p(rewarded)", torch.softmax(logits.detach(), -1)[2], 0.9)
 
 
 def test_reward_model_bradley_terry_learns_ordering(learning):
@@ -67,7 +69,8 @@ def test_reward_model_bradley_terry_learns_ordering(learning):
         loss.backward()
         _sgd_step(scores, 0.5)
     s = scores.detach()
-    assert s[3] > s[2] > s[0] and learning.below("last loss", loss.item(), 0.3)  # from log 2
+    # from log 2; no randomness: 0.0697 on every seed 0-4 and kernel AVX2 / default
+    assert s[3] > s[2] > s[0] and learning.below("last loss", loss.item(), 0.3)
 
 
 def test_lagrangian_tracks_cost_limit():

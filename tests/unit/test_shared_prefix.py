@@ -172,4 +172,5 @@ def test_dpo_default_forward_is_shared_prefix_and_trains(tiny_model_dir, trainer
     losses = [r["loss"] for r in read_metrics(tmp_path) if "loss" in r]
     # step 1: policy == reference (cache scored with the same forward), so the loss is log 2 exactly
     assert losses[0] == pytest.approx(0.693147, abs=1e-4)
+    # 0.9191 on every seed 0-4 and kernel AVX2 / default (kernels move it by ~1e-6): 0.03 of margin
     assert learning.below("last / first loss", losses[-1] / losses[0], 0.95), losses

@@ -52,7 +52,7 @@ def test_warm_up_vision_loss_falls_and_only_vision_changes(tiny_demo, learning):
                                  root / "warm", seed=learning.seed, log=lambda s: None)  # fmt: skip
     assert len(losses) == 40
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    # BCE starts ~ln 2 = 0.69; the base rates alone give ~0.4
+    # BCE starts ~ln 2 = 0.69; the base rates alone give ~0.4. Seeds 0-4 x kernels AVX2 / default: 0.46-0.52
     assert learning.below("last / first loss", last / first, 0.8), (first, last)
     before = load_model(ModelConfig(name_or_path=str(base))).model.state_dict()
     after = load_model(ModelConfig(name_or_path=str(out))).model.state_dict()
