@@ -33,8 +33,8 @@ def test_clip_train_few_steps_loss_falls_and_reward_loads(rewards_shapes_dir, tm
     rows = [json.loads(line) for line in (tmp_path / "clip" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows]
     assert len(losses) == 12
-    # contrastive loss, 3-step means; seeds 0-4 x kernels AVX2 / default (scripts/learning_spread.py): the fall was 0.19-0.87
-    # (mean 0.39 ± 0.25); > 0.09 leaves 2x margin below the worst run (> 0.2 failed on seed 1).
+    # contrastive loss, 3-step means; seeds 0-4 x kernels AVX2 / default (scripts/learning_spread.py): the
+    # fall was 0.19-0.87 (mean 0.39 ± 0.25); > 0.09 leaves 2x margin below the worst run (> 0.2 failed on seed 1).
     assert learning.above("loss fall", sum(losses[:3]) / 3 - sum(losses[-3:]) / 3, 0.09), losses
     assert result["n_pairs"] == 32 and 0.0 <= result["pair_accuracy"] <= 1.0
     # the saved model is a real CLIP checkpoint: the reward source loads it by path and scores samples

@@ -84,7 +84,8 @@ def test_cost_model_separates_safe_from_unsafe(tiny_model_dir, rewards_shapes_di
     assert learning.above("safety accuracy", after["safety_accuracy"], 0.9), after  # sign(cost) right for > 90%
     assert learning.above("mean cost, unsafe", after["mean_cost_unsafe"], 0.0)
     assert learning.below("mean cost, safe", after["mean_cost_safe"], 0.0)
-    assert learning.above("safety accuracy gain", after["safety_accuracy"] - metrics["before"]["safety_accuracy"], 0.0)
+    gain = after["safety_accuracy"] - metrics["before"]["safety_accuracy"]
+    assert learning.above("safety accuracy gain", gain, 0.0)
     cost = build_source({"name": "cost", "kwargs": {"path": str(tmp_path / "cost")}})
     import json as _json
 
