@@ -35,9 +35,12 @@ def test_reward_model_accuracy_rises_above_chance(trained_rm, learning):
     out, metrics = trained_rm
     before, after = metrics["before"], metrics["after"]
     # The untrained head scores chance ± noise on these 64 held-out pairs (0.30-0.72 over seeds 0-4), so the
-    # accuracy gain (0.03-0.47) is no test of learning; the mean margin (chosen − rejected) and the NLL are.
-    assert learning.above("mean margin gain", after["margin_mean"] - before["margin_mean"], 0.06), (before, after)
-    assert learning.above("held-out NLL fall", before["nll"] - after["nll"], 0.0), (before, after)
+    # accuracy gain (0.03-0.47) is no test of learning; the mean margin (chosen − rejected) and the NLL are:
+    # over seeds 0-4 (AVX2; the default kernels gave the same margins to 4 decimals) they rose 0.12-0.41 and
+    # fell 0.057-0.129; the bounds leave 2x margin below the worst run.
+    gain = after["margin_mean"] - before["margin_mean"]
+    assert learning.above("mean margin gain", gain, 0.06), (before, after)
+    assert learning.above("held-out NLL fall", before["nll"] - after["nll"], 0.03), (before, after)
     # 16 steps of 16 pairs, seeds 0-4 x kernels AVX2 / default: held-out accuracy 0.66-0.77 (0.73 ± 0.04).
     assert learning.above("held-out accuracy", after["accuracy"], 0.6), after
     saved = json.loads((out / "metrics.json").read_text())
