@@ -69,11 +69,11 @@ def test_rejects_bad_masks(tiny_model_dir):
         response_logprobs(model, {"input_ids": ids}, torch.tensor([[False, True]]))
 
 
-def test_gradient_step_raises_response_logprob(tiny_model_dir):
+def test_gradient_step_raises_response_logprob(tiny_model_dir, learning):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     d = tiny_model_dir("llava")
-    torch.manual_seed(0)
+    torch.manual_seed(learning.seed)
     model = AutoModelForImageTextToText.from_pretrained(d)
     processor = AutoProcessor.from_pretrained(d)
     inputs, mask = _batch(processor, ["There is a red circle."])
@@ -85,4 +85,5 @@ def test_gradient_step_raises_response_logprob(tiny_model_dir):
         loss.backward()
         opt.step()
     after = response_logprobs(model, inputs, mask)[0].sum().item()
-    assert after > before + 1.0, (before, after)
+    # 26.42 on every seed 0-4 and kernel AVX2 / default (nothing random: saved weights, fixed batch)
+    assert learning.above("log-prob gain", after - before, 1.0), (before, after)
