@@ -5,15 +5,8 @@ from __future__ import annotations
 import os
 
 # Before torch is imported, so that torch (and every subprocess a test starts) sees the same count.
-# WHY a fixed count: torch splits a CPU reduction into one chunk per thread, so the float sums of a
-# training run, and with them its numbers, depend on the thread count. torch's default is the number of
-# cores: a 64-core workstation would run every test with other numerics than CI's 2-core machine.
-# VLALIGN_TEST_THREADS (default 2 = CI's cores) lets scripts/learning_spread.py measure other counts.
-TEST_THREADS = int(os.environ.get("VLALIGN_TEST_THREADS", "2"))
-# The seed every test starts from (random, numpy, torch) and that the learning tests pass to their
-# configs (`learning.seed`). 0 in every normal run; scripts/learning_spread.py sets it to measure how a
-# learning test's effect spreads over seeds.
-TEST_SEED = int(os.environ.get("VLALIGN_TEST_SEED", "0"))
+from suite_state import TEST_SEED, TEST_THREADS, LearningProbe
+
 os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)
 # torch reads MKL_NUM_THREADS after OMP_NUM_THREADS: a stray one would override the count a test gives the
 # subprocesses it starts (test_trainers_resume runs them with OMP_NUM_THREADS=1 to match its own run).
@@ -150,35 +143,6 @@ def _same_global_state_for_every_test():
         yield
 
 
-class LearningProbe:
-    """What a learning test asserts, recorded so that scripts/learning_spread.py can size the bound.
-
-    ``above(name, value, bound)`` is ``value > bound`` (``below``: ``value < bound``); when
-    ``VLALIGN_LEARNING_LOG`` names a file, each call also appends the value, the bound, the seed, the
-    threads and torch's CPU kernels to it as one JSON line.
-    """
-
-    def __init__(self, test: str, seed: int) -> None:
-        self.test, self.seed = test, seed
-
-    def above(self, name: str, value: float, bound: float) -> bool:
-        self._record(name, float(value), ">", bound)
-        return float(value) > bound
-
-    def below(self, name: str, value: float, bound: float) -> bool:
-        self._record(name, float(value), "<", bound)
-        return float(value) < bound
-
-    def _record(self, name: str, value: float, op: str, bound: float) -> None:
-        path = os.environ.get("VLALIGN_LEARNING_LOG")
-        if not path:
-            return
-        row = {"test": self.test, "name": name, "value": value, "op": op, "bound": bound, "seed": self.seed,
-               "threads": TEST_THREADS, "kernels": torch.backends.cpu.get_cpu_capability()}
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-
-
 @pytest.fixture(scope="session")
 def learning_seed() -> int:
     """The seed of the learning tests (0 unless VLALIGN_TEST_SEED says otherwise), for module fixtures."""
@@ -240,7 +204,6 @@ def write_trainer_data(out_dir, n: int = 8):
     The chosen answer names the image's colour, the rejected one another colour, with an RLHF-V
     segment over the wrong word so dense DPO has something to weigh.
     """
-    import json
     from pathlib import Path
 
     from PIL import Image
@@ -285,7 +248,6 @@ def write_annotate_data(out_dir, n: int = 6):
     Returns (preference.jsonl, ranked.jsonl). The last preference row has an emoji so that character
     offsets are tested in code points, not UTF-16 units or bytes.
     """
-    import json
     from pathlib import Path
 
     from PIL import Image

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import TEST_SEED, TEST_THREADS, LearningProbe
+from suite_state import TEST_SEED, TEST_THREADS, LearningProbe
 
 START_DIR = os.getcwd()
 
