@@ -38,7 +38,6 @@ def _experience() -> Experience:
 
 def _policy() -> Bigram:
     policy = Bigram(vocab=3)
-    policy.config.model_type = "bigram"
     torch.nn.init.normal_(policy.head.weight, generator=torch.Generator().manual_seed(1))
     return policy
 

@@ -27,7 +27,7 @@ class Bigram(nn.Module):
     def __init__(self, vocab: int = 2) -> None:
         super().__init__()
         self.vocab = vocab
-        self.config = SimpleNamespace(hidden_size=vocab)
+        self.config = SimpleNamespace(hidden_size=vocab, model_type="bigram")
         self.head = nn.Linear(vocab, vocab, bias=False)
         nn.init.zeros_(self.head.weight)  # π uniform: p = (0.5, 0.5)
 

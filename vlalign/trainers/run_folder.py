@@ -45,6 +45,9 @@ SAFE_TO_CHANGE = {
     # the global batch (per process × accumulation × processes) is checked by the data source itself,
     # so a resume may split the same global batch over a different number of processes
     "per_device_batch_size", "gradient_accumulation_steps",
+    # which rows are trained on is checked by the data fingerprint (content, not path): a moved file
+    # with the same rows resumes, a changed one is refused
+    "data.train", "data.format", "data.on_bad_rows", "data.limit", "data.eval", "data.eval_fraction",
 }
 
 
