@@ -125,8 +125,8 @@ def state_bytes(*objects: Any) -> int:
     total = 0
     for obj in objects:
         tensors = []
-        if isinstance(obj, torch.nn.Module):
-            tensors = list(obj.state_dict().values())
+        if isinstance(obj, torch.nn.Module):  # parameters + buffers, not state_dict(): FSDP2 hooks run there
+            tensors = [*obj.parameters(), *obj.buffers()]
         elif hasattr(obj, "state_dict"):
             for st in obj.state_dict().get("state", {}).values():
                 tensors += [v for v in st.values() if isinstance(v, torch.Tensor)]
@@ -161,6 +161,14 @@ def write_error(exc: BaseException, folder: Path, needed: int) -> CheckpointErro
         f"could not write {folder}: {why}; {space}, the save needs about {needed / 2**20:.1f} MiB. "
         "Free some space (or point output_dir elsewhere) and resume with resume=true"
     )
+
+
+def write_file(path: Path, text: str) -> None:
+    """Write a small output file; an OS error (disk full, read-only) becomes a :class:`CheckpointError`."""
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise write_error(exc, path, len(text.encode())) from exc
 
 
 def save_checkpoint(acc: Any, output_dir: str | Path, step: int, state: dict[str, Any], keep: int,
@@ -226,6 +234,21 @@ def _atomic_dir(target: Path, write: Callable[[Path], None], needed: int) -> Non
         raise clear from exc
 
 
+def full_state_dict(acc: Any, model: Any) -> dict[str, Any]:
+    """The whole model's tensors on the main process: FSDP/ZeRO-3 shards gathered, else ``state_dict()``.
+
+    FSDP2 goes through torch's ``get_model_state_dict(full_state_dict=True, cpu_offload=True)`` directly:
+    accelerate's ``get_state_dict`` adds ``broadcast_from_rank0=True``, which on CPU processes (gloo)
+    returns DTensors without storage that ``save_pretrained`` cannot write."""
+    if getattr(acc, "is_fsdp2", False):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # on CPU the "offloaded" tensors may alias FSDP's gather buffers, which later hooks free: own copies
+        return {k: v.detach().clone() for k, v in state.items()}
+    return acc.get_state_dict(model)
+
+
 def save_final(acc: Any, model: Any, processor: Any, output_dir: str | Path, merge_lora: bool = True) -> dict[str, str]:
     """Save the trained model so ``AutoModelForImageTextToText.from_pretrained(output_dir/final)`` loads it.
 
@@ -239,7 +262,7 @@ def save_final(acc: Any, model: Any, processor: Any, output_dir: str | Path, mer
     root = Path(output_dir)
     acc.wait_for_everyone()
     unwrapped = acc.unwrap_model(model)
-    state = acc.get_state_dict(model)  # gathers FSDP/ZeRO-3 shards; identical to state_dict() otherwise
+    state = full_state_dict(acc, model)
     written: dict[str, str] = {}
     if not acc.is_main_process:
         acc.wait_for_everyone()
