@@ -14,12 +14,13 @@ naming the folder, the free space there and roughly how much the checkpoint need
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,23 @@ def write_error(exc: BaseException, folder: Path, needed: int) -> CheckpointErro
     )
 
 
+@contextlib.contextmanager
+def removed_on_failure(tmp: Path, where: Path, needed: int) -> Iterator[None]:
+    """Run a write; on failure delete the half-written ``tmp`` (file or folder) and turn OS-level
+    errors into one :class:`CheckpointError` naming ``where`` (anything else is re-raised)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        clear = write_error(exc, where, needed)
+        if clear is None:
+            raise
+        raise clear from exc
+
+
 def write_file(path: Path, text: str) -> None:
     """Write a small output file; an OS error (disk full, read-only) becomes a :class:`CheckpointError`."""
     try:
@@ -177,7 +195,7 @@ def save_checkpoint(acc: Any, output_dir: str | Path, step: int, state: dict[str
     root = Path(output_dir)
     final = root / f"{PREFIX}{step}"
     tmp = root / f"{PREFIX}{step}.tmp"
-    try:
+    with removed_on_failure(tmp, tmp, needed):
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -193,12 +211,6 @@ def save_checkpoint(acc: Any, output_dir: str | Path, step: int, state: dict[str
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-    except (OSError, RuntimeError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        clear = write_error(exc, tmp, needed)
-        if clear is None:
-            raise
-        raise clear from exc
     if acc.is_main_process:
         for _, old in checkpoint_dirs(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -219,19 +231,13 @@ def load_checkpoint(acc: Any, path: str | Path) -> dict[str, Any]:
 def _atomic_dir(target: Path, write: Callable[[Path], None], needed: int) -> None:
     """``write(tmp)`` into ``<target>.tmp``, then replace ``target`` by it; OS errors become CheckpointError."""
     tmp = target.with_name(target.name + ".tmp")
-    try:
+    with removed_on_failure(tmp, target, needed):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         write(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-    except (OSError, RuntimeError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        clear = write_error(exc, target, needed)
-        if clear is None:
-            raise
-        raise clear from exc
 
 
 def full_state_dict(acc: Any, model: Any) -> dict[str, Any]:
