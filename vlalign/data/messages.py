@@ -188,3 +188,25 @@ def place_images(messages: list[dict[str, Any]], n_images: int, where: str = "im
             return out
     raise MessageProblem(where, f"the conversation marks {marked} image(s) but the row has {n_images}",
                          "mark every image with <image> (or an image part) where it belongs, or fix the list")
+
+
+def user_turn(prompt: str, n_images: int) -> dict[str, Any]:
+    """One user turn: ``n_images`` image parts first, then the text (the LLaVA convention)."""
+    return {"role": "user", "content": [dict(IMAGE_PART) for _ in range(n_images)] + [text_part(prompt)]}
+
+
+def record_messages(record: Any) -> list[dict[str, Any]]:
+    """The turns before a record's answer: its conversation, or one user turn built from the prompt."""
+    return record.conversation if record.conversation else [user_turn(record.prompt, len(record.images))]
+
+
+def drop_first_exchange(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The conversation without its oldest text-only exchange (a user turn + the assistant reply), or None
+    when there is none to drop. The system message and the last user turn are never dropped, nor any turn
+    that shows an image (dropping it would take the image away, not shorten the text)."""
+    start = 1 if messages and messages[0]["role"] == "system" else 0
+    for i in range(start, len(messages) - 2):
+        pair = messages[i : i + 2]
+        if [m["role"] for m in pair] == ["user", "assistant"] and not count_images(pair):
+            return messages[:i] + messages[i + 2 :]
+    return None

@@ -38,6 +38,25 @@ def build_prompt(processor: Any, prompt: str, num_images: int) -> str:
     )
 
 
+def render(processor: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    """A whole conversation through the family's chat template (turns, roles and image placeholders
+    where the messages put them), optionally ending with the assistant's generation prompt."""
+    return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+
+def assistant_turn(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def turn_end(processor: Any, messages: list[dict[str, Any]], upto: int) -> str:
+    """Text of ``messages[:upto + 1]`` (ending with assistant turn ``upto``) through its end-of-turn
+    marker, without what the template writes after it (a newline before the next turn)."""
+    full = render(processor, messages[: upto + 1], add_generation_prompt=False)
+    suffix = response_suffix(processor)
+    cut = full.rfind(suffix) if suffix else -1
+    return full[: cut + len(suffix)] if cut >= 0 else full.rstrip()
+
+
 def response_suffix(processor: Any) -> str:
     """Text that closes an assistant turn (end-of-turn / eos token) to append after a response.
 
