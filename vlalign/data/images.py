@@ -54,6 +54,10 @@ def normalize_ref(ref: Any, base_dir: str | Path | None = None) -> str | bytes:
         ref = path
     if isinstance(ref, (bytes, bytearray, memoryview)):
         return bytes(ref)
+    if isinstance(ref, Image.Image):  # a decoded image handed over in memory: keep it lossless
+        buf = io.BytesIO()
+        ref.save(buf, format="PNG")
+        return buf.getvalue()
     if is_url(ref):
         return ref
     if isinstance(ref, (str, os.PathLike)):

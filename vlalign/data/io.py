@@ -121,36 +121,51 @@ def write_records(records: Iterable[Record], out_dir: str | Path, filename: str 
 # Free-form fields whose shape differs from row to row: stored as JSON text in Arrow tables (the canonical
 # adapter reads them back), so one table holds every row whatever its metadata.
 JSON_TEXT_FIELDS = ("meta", "ratings", "conversation", "safety", "rejected_segments", "chosen_segments")
+TABLE_FEATURES = datasets.Features({
+    "id": datasets.Value("string"),
+    "images": datasets.List(datasets.Image()),
+    "prompt": datasets.Value("string"),
+    "reference": datasets.Value("string"),
+    "chosen": datasets.Value("string"),
+    "rejected": datasets.Value("string"),
+    "completion": datasets.Value("string"),
+    "label": datasets.Value("bool"),
+    "responses": datasets.List(datasets.Value("string")),
+    "scores": datasets.List(datasets.Value("float64")),
+    "margin": datasets.Value("float64"),
+    **{k: datasets.Value("string") for k in JSON_TEXT_FIELDS},
+})
 
 
 def table_row(rec: Record) -> dict[str, Any]:
-    """A record as an Arrow-friendly row: images as ``{bytes, path}`` structs (bytes embedded)."""
-    row = to_dict(rec)
+    """A record as a row of :data:`TABLE_FEATURES`: images embedded as bytes, free-form fields as JSON."""
+    row = dict.fromkeys(TABLE_FEATURES)
+    row.update(to_dict(rec))
     for key in JSON_TEXT_FIELDS:
-        if key in row:
-            row[key] = json.dumps(row[key], ensure_ascii=True)
+        row[key] = None if row[key] is None else json.dumps(row[key], ensure_ascii=True)
     images = []
     for ref in rec.images:
         norm = normalize_ref(ref)
-        data = norm if isinstance(norm, bytes) else Path(norm).read_bytes()
-        images.append({"bytes": data, "path": None})
+        images.append({"bytes": norm if isinstance(norm, bytes) else Path(norm).read_bytes(), "path": None})
     row["images"] = images
     return row
 
 
+def _table_rows(records: Iterable[Record]) -> Iterator[dict[str, Any]]:
+    yield from (table_row(r) for r in records)
+
+
 def write_records_table(records: Iterable[Record], target: str | Path, layout: str) -> Path:
     """Records → a self-contained Parquet file (``layout="parquet"``) or ``save_to_disk`` folder
-    (``layout="disk"``), images embedded as ``datasets.Image`` bytes; reloadable by ``load_records``."""
-    rows = [table_row(r) for r in records]
-    if not rows:
-        raise ValueError("no records to write")
-    ds = datasets.Dataset.from_list(rows).cast_column("images", datasets.List(datasets.Image()))
+    (``layout="disk"``), images embedded as ``datasets.Image`` bytes; reloadable by ``load_records``.
+    Rows stream through an Arrow file, so memory does not grow with the number of records."""
+    if layout not in ("parquet", "disk"):
+        raise ValueError(f"unknown layout {layout!r}; use parquet or disk")
+    ds = datasets.Dataset.from_generator(_table_rows, gen_kwargs={"records": records}, features=TABLE_FEATURES)
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     if layout == "parquet":
         ds.to_parquet(str(target))
-    elif layout == "disk":
-        ds.save_to_disk(str(target))
     else:
-        raise ValueError(f"unknown layout {layout!r}; use parquet or disk")
+        ds.save_to_disk(str(target))
     return target

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
 import fsspec
 import pyarrow.parquet as pq
 
@@ -155,3 +156,22 @@ def provenance_rows(shards: list[str], as_text: bool, signature: Any = None) -> 
                 yield {**base, "__raw__": text}
             else:
                 yield {**base, **(raw.data or {})}
+
+
+def undecoded(ds: Any) -> Any:
+    """The same dataset with every Image feature left as {bytes, path} (adapters decode nothing)."""
+    features = getattr(ds, "features", None) or {}
+    for name, ft in features.items():
+        plain = _no_decode(ft)
+        if plain is not ft:
+            ds = ds.cast_column(name, plain)
+    return ds
+
+
+def _no_decode(ft: Any) -> Any:
+    if isinstance(ft, datasets.Image) and ft.decode:
+        return datasets.Image(decode=False)
+    if isinstance(ft, (datasets.List, datasets.LargeList)):
+        inner = _no_decode(ft.feature)
+        return ft if inner is ft else type(ft)(inner)
+    return ft

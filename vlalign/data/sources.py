@@ -32,9 +32,12 @@ from typing import Any
 import datasets
 import pyarrow.parquet as pq
 import yaml
+from datasets.utils.metadata import MetadataConfigs
+from huggingface_hub import DatasetCardData, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
 from vlalign.data.io import data_files, is_glob
-from vlalign.data.rows import JSON_SUFFIXES, provenance_rows, suffix_of
+from vlalign.data.rows import JSON_SUFFIXES, provenance_rows, suffix_of, undecoded
 
 # The raw-row schema of JSON sources: every row is its JSON text plus where it came from.
 JSON_TEXT_FEATURES = datasets.Features({
@@ -260,9 +263,6 @@ def _hub_layout(folder: Path, label: str, spec: SourceSpec) -> RawSource:
 
 def _hub_patterns(card_dir: Path, subset: str | None, split: str | None) -> list[str] | None:
     """The files a snapshot needs for one config (and split): README + its ``data_files`` patterns."""
-    from datasets.utils.metadata import MetadataConfigs
-    from huggingface_hub import DatasetCardData
-
     configs = MetadataConfigs.from_dataset_card_data(DatasetCardData(**card_metadata(card_dir)))
     if not configs:
         return None
@@ -284,8 +284,6 @@ def _hub_patterns(card_dir: Path, subset: str | None, split: str | None) -> list
 
 def hub_snapshot(repo_id: str, revision: str | None, subset: str | None, split: str | None) -> Path:
     """Download (or find in the Hub cache) the files one config/split of a Hub dataset needs."""
-    from huggingface_hub import snapshot_download
-
     card = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, allow_patterns=["README.md"]))
     patterns = _hub_patterns(card, subset, split)
     return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, allow_patterns=patterns))
@@ -307,7 +305,7 @@ def _dataset_source(ds: Any, label: str, spec: SourceSpec) -> RawSource:
         ds = _split_of(ds, split, label)
         label = f"{label}[{split or 'train'}]"
     if isinstance(ds, datasets.IterableDataset):
-        ds = ds.map(lambda row, i: {"__file__": label, "__row__": i}, with_indices=True)
+        ds = undecoded(ds).map(lambda row, i: {"__file__": label, "__row__": i}, with_indices=True)
         return RawSource(ds, label, json_text=False, provenance=True, locator=Locator(label), image_root=spec.image_root)
     if spec.streaming:
         ds = ds.add_column("__row__", list(range(len(ds)))).add_column("__file__", [label] * len(ds))
@@ -335,8 +333,12 @@ def open_source(spec: SourceSpec) -> RawSource:
         files = [str(f) for f in data_files(text)]
         return _files_source(files, label, spec, spec.image_root)
     if looks_like_hub_id(text):
-        if spec.streaming:
-            return _hub_stream(text, spec)
-        folder = hub_snapshot(text, spec.revision, spec.subset, spec.split)
+        try:
+            if spec.streaming:
+                return _hub_stream(text, spec)
+            folder = hub_snapshot(text, spec.revision, spec.subset, spec.split)
+        except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError) as exc:
+            raise FileNotFoundError(f"{text}: no such file or folder, and no Hub dataset of that name could be "
+                                    f"loaded ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
         return _hub_layout(folder, text, spec)
     raise FileNotFoundError(f"{text}: no such file or folder (a Hub dataset is named org/name)")

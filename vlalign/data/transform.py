@@ -26,6 +26,7 @@ from vlalign.data.checks import check_record, record_warnings
 from vlalign.data.formats import FORMATS, RowContext, RowProblem, RowSkipped
 from vlalign.data.images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_IMAGE_SIDE, ImageChecker, is_url
 from vlalign.data.records import Record, from_dict
+from vlalign.data.rows import undecoded  # noqa: F401 (re-exported)
 from vlalign.data.sources import PROVENANCE, Locator
 
 CANONICAL_FEATURES = datasets.Features({
@@ -180,22 +181,3 @@ def convert_batch(batch: dict[str, list], indices: list[int], spec: ConvertSpec)
             data, error = None, f"unreadable row ({type(exc).__name__}: {exc})"
         rows += convert_row(data, error, file, row, spec, checker)
     return {k: [r[k] for r in rows] for k in CANONICAL_FEATURES}
-
-
-def undecoded(ds: Any) -> Any:
-    """The same dataset with every Image feature left as {bytes, path} (adapters decode nothing)."""
-    features = getattr(ds, "features", None) or {}
-    for name, ft in features.items():
-        plain = _no_decode(ft)
-        if plain is not ft:
-            ds = ds.cast_column(name, plain)
-    return ds
-
-
-def _no_decode(ft: Any) -> Any:
-    if isinstance(ft, datasets.Image) and ft.decode:
-        return datasets.Image(decode=False)
-    if isinstance(ft, (datasets.List, datasets.LargeList)):
-        inner = _no_decode(ft.feature)
-        return ft if inner is ft else type(ft)(inner)
-    return ft

@@ -14,9 +14,16 @@ from __future__ import annotations
 from typing import Any
 
 from vlalign.data.formats.base import Format, RowContext, RowProblem, image_refs, register_format, require
-from vlalign.data.formats.sharegpt import answer_field
 from vlalign.data.messages import normalize_messages, place_images, prompt_and_conversation
 from vlalign.data.records import PreferenceRecord, Record
+
+
+def output_text(value: Any, key: str) -> str:
+    """``output_k``: ``{"from": ..., "value": text}`` (only the value is used, as LLaVA-RLHF does) or text."""
+    text = value.get("value") if isinstance(value, dict) else value
+    if not isinstance(text, str) or not text.strip():
+        raise RowProblem(key, f"expected {{'value': text}}, got {value!r:.60}", f"give {key} as {{'value': ...}}")
+    return text
 
 
 def convert_llava_rlhf(row: dict[str, Any], ctx: RowContext) -> list[Record]:
@@ -29,7 +36,7 @@ def convert_llava_rlhf(row: dict[str, Any], ctx: RowContext) -> list[Record]:
     pref = require(row, "preference")
     if isinstance(pref, bool) or str(pref).strip() not in ("1", "2"):
         raise RowProblem("preference", f"unknown preference {pref!r}", "use 1 (output_1 preferred) or 2")
-    first, second = answer_field(row.get("output_1"), "output_1"), answer_field(row.get("output_2"), "output_2")
+    first, second = output_text(row.get("output_1"), "output_1"), output_text(row.get("output_2"), "output_2")
     chosen, rejected = (first, second) if str(pref).strip() == "1" else (second, first)
     rid = str(row.get("id", ctx.default_id("llava_rlhf")))
     meta = {k: row[k] for k in ("hallucination",) if k in row}
