@@ -19,6 +19,7 @@ import io
 import math
 import os
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -200,18 +201,38 @@ class ImageChecker:
                 return f"could not download {url:.100} ({type(exc).__name__}: {exc})"
         return self.problem(self.resolved[url])
 
+    def _too_large(self, what: str, w: int, h: int) -> str | None:
+        if w * h > self.max_image_pixels or max(w, h) > self.max_image_side:
+            return (f"{what} is {w}x{h} ({w * h:,} pixels), over the limit of {self.max_image_pixels:,} pixels / "
+                    f"{self.max_image_side} px per side (a decompression-bomb guard); downsize it, or raise "
+                    "data.max_image_pixels")
+        return None
+
     def _decode(self, src: Any, what: str) -> str | None:
         self.n_opened += 1
         try:
-            with Image.open(src) as img:
-                w, h = img.size
-                if w * h > self.max_image_pixels or max(w, h) > self.max_image_side:
-                    return (f"{what} is {w}x{h} ({w * h:,} pixels), over the limit of "
-                            f"{self.max_image_pixels:,} pixels / {self.max_image_side} px per side "
-                            "(a decompression-bomb guard); downsize it, or raise data.max_image_pixels")
-                img.load()  # full decode: truncated or corrupt data fails here, not at step 5,000
-        except Image.DecompressionBombError as exc:
-            return f"{what} is a decompression bomb ({exc}); downsize it"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked just below
+                with Image.open(src) as img:
+                    too_large = self._too_large(what, *img.size)
+                    if too_large:
+                        return too_large
+                    img.load()  # full decode: truncated or corrupt data fails here, not at step 5,000
+        except Image.DecompressionBombError:
+            w, h = _header_size(src)
+            return self._too_large(what, w, h) or f"{what} is a decompression bomb ({w}x{h}); downsize it"
         except Exception as exc:  # noqa: BLE001 (a decoder failure is this image's problem, never a crash)
             return f"{what} is not a readable image ({type(exc).__name__}: {exc})"
         return None
+
+
+def _header_size(src: Any) -> tuple[int, int]:
+    """(width, height) from the header of an image Pillow refuses to open (read only, never decoded)."""
+    if hasattr(src, "seek"):
+        src.seek(0)
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(src) as img:
+            return img.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
