@@ -83,11 +83,32 @@ def _pad_id(processor: Any) -> int:
     return 0
 
 
+def _pad_images(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-row image stacks of different lengths (Idefics3: (1, num_images, C, H, W) and its
+    pixel_attention_mask) padded with all-zero images along dim 1, which the model skips as padding."""
+    n = max(t.shape[1] for t in tensors)
+    out = []
+    for t in tensors:
+        if t.shape[1] < n:
+            pad = torch.zeros((t.shape[0], n - t.shape[1], *t.shape[2:]), dtype=t.dtype)
+            t = torch.cat([t, pad], dim=1)
+        out.append(t)
+    return out
+
+
 def _concat_images(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Per-record image tensors → one batch: images are concatenated along dim 0 in row order
-    (LLaVA: (num_images, C, H, W); Qwen2-VL: (num_patches, D) + grid (num_images, 3))."""
+    (LLaVA: (num_images, C, H, W); Qwen2-VL: (num_patches, D) + grid (num_images, 3)); per-row
+    stacks (Idefics3: (1, num_images, C, H, W)) are first padded to the batch's largest image count."""
     keys = [k for k in IMAGE_KEYS if any(k in it for it in items)]
-    return {k: torch.cat([it[k] for it in items if k in it], dim=0) for k in keys}
+    out = {}
+    for k in keys:
+        tensors = [it[k] for it in items if k in it]
+        per_row_stacks = tensors[0].ndim >= 4 and len({t.shape[2:] for t in tensors}) == 1
+        if per_row_stacks and len({t.shape[1] for t in tensors}) > 1:
+            tensors = _pad_images(tensors)
+        out[k] = torch.cat(tensors, dim=0)
+    return out
 
 
 def pad_rows(

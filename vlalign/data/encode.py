@@ -63,8 +63,9 @@ def _tokenizer(processor: Any) -> Any:
 
 
 def default_max_pixels(processor: Any) -> int:
-    """The pixel cap images get before the processor when ``max_pixels`` is not set: the processor's
-    own limit where it states one (Qwen2-VL ``max_pixels``), else 4x the pixels it resizes to, else 4096².
+    """The pixel cap images get before the processor when ``max_pixels`` is not set: the processor's own
+    pixel limit where it has one (Qwen2-VL-style dynamic resolution: ``size["longest_edge"]`` counts
+    pixels), else 4x the pixels of the size it resizes to (2x per side), else 4096².
 
     Why: a 12000x12000 image decodes to 432 MB of RGB and the processor makes several float copies;
     every VLM processor shrinks it anyway, so shrinking first loses nothing and bounds memory per row.
@@ -74,15 +75,17 @@ def default_max_pixels(processor: Any) -> int:
     if isinstance(limit, int) and limit > 0:
         return limit
     size = getattr(ip, "size", None) or {}
-    size = size if isinstance(size, dict) else getattr(size, "__dict__", {})
+    size = size if isinstance(size, dict) else dict(getattr(size, "__dict__", {}))
     if size.get("max_pixels"):
         return int(size["max_pixels"])
+    if size.get("longest_edge") and hasattr(ip, "merge_size"):  # dynamic resolution: a pixel count
+        return int(size["longest_edge"])
     if size.get("longest_edge"):
-        return int(size["longest_edge"]) ** 2
+        return (2 * int(size["longest_edge"])) ** 2
     if size.get("height") and size.get("width"):
         return 4 * int(size["height"]) * int(size["width"])
     if size.get("shortest_edge"):
-        return (4 * int(size["shortest_edge"])) ** 2
+        return (2 * int(size["shortest_edge"])) ** 2 * 4  # the long side may be up to ~2x the short one
     return 4096 * 4096
 
 
