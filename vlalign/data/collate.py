@@ -201,7 +201,8 @@ class EncodedDataset:
             raise ValueError(f"unknown record kind {kind!r}; known: {', '.join(RESPONSE_FIELDS)}")
         if extra is not None and extra not in EXTRA_BLOCKS:
             raise ValueError(f"unknown extra block {extra!r}; known: {', '.join(EXTRA_BLOCKS)}")
-        self.records = list(records)
+        # A Sequence (e.g. load_records' RecordView) is kept as is: records decode on access, not all at once.
+        self.records = records if isinstance(records, Sequence) else list(records)
         self.processor = processor
         self.cfg = cfg
         self.kind = kind
