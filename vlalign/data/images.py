@@ -150,6 +150,9 @@ def content_name(data: bytes) -> str:
 class ImageChecker:
     """Decodes every image reference once and says what is wrong with it (``None`` = usable).
 
+    ``decode=False`` checks the header and the size limits only: for a caller that decodes the image
+    right after anyway (the streaming encoder), where a decoding failure is reported for the row too.
+
     ``allow_network`` lets URL images be downloaded (see :func:`fetch_url`); otherwise a URL is a
     problem with its fix. ``resolved`` maps each URL checked to its local copy, so the caller can
     point the record at the file.
@@ -161,8 +164,9 @@ class ImageChecker:
         max_image_side: int = DEFAULT_MAX_IMAGE_SIDE,
         allow_network: bool = False,
         url_cache: str | Path | None = None,
+        decode: bool = True,
     ) -> None:
-        self.max_image_pixels, self.max_image_side = max_image_pixels, max_image_side
+        self.max_image_pixels, self.max_image_side, self.decode = max_image_pixels, max_image_side, decode
         self.allow_network, self.url_cache = allow_network, url_cache
         self._cache: dict[Any, str | None] = {}
         self.resolved: dict[str, str] = {}
@@ -217,7 +221,8 @@ class ImageChecker:
                     too_large = self._too_large(what, *img.size)
                     if too_large:
                         return too_large
-                    img.load()  # full decode: truncated or corrupt data fails here, not at step 5,000
+                    if self.decode:
+                        img.load()  # full decode: truncated or corrupt data fails here, not at step 5,000
         except Image.DecompressionBombError:
             w, h = _header_size(src)
             return self._too_large(what, w, h) or f"{what} is a decompression bomb ({w}x{h}); downsize it"

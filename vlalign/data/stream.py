@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +68,10 @@ def _convert_and_encode(chunk: list[tuple[int, dict[str, Any]]]) -> list[Item]:
             if item.status == "ok":
                 try:
                     item.encoded = encoder(decode_record(canon["record"], canon["images"]), -1)
-                except (CollateError, OSError, ValueError) as exc:
+                except (CollateError, OSError, ValueError, SyntaxError) as exc:  # a bad image decodes here
                     item.status = "bad"
-                    item.problems.append(["<encode>", str(exc), "raise data.max_length or fix the row", "error"])
+                    item.problems.append(["<encode>", f"{type(exc).__name__}: {exc}",
+                                          "fix or replace the image, or raise data.max_length", "error"])
             out.append(item)
     return out
 
@@ -209,7 +210,9 @@ def stream_source(data: Any, processor: Any, kind: str, *, micro_batch: int, mic
     raw = open_source(SourceSpec(cfg.train, cfg.split, cfg.subset, cfg.revision, True, cfg.cache_dir, cfg.image_root))
     formats, _ = detect_formats(raw, cfg.format)
     limits = image_limits(True, {k: getattr(cfg, k) for k in ("max_image_pixels", "max_image_side", "allow_network")})
-    spec = convert_spec(raw, formats, cfg.format_options, limits)
+    # The encoder decodes every image right after the checks: they read headers and limits only, and a
+    # decoding failure surfaces from the encoder as the same row's error.
+    spec = convert_spec(raw, formats, cfg.format_options, replace(limits, decode=False))
     ccfg = CollateConfig(cfg.max_length if max_length is None else max_length, max_pixels,
                          assistant_turns=cfg.assistant_turns)
     encoder = RecordEncoder(processor, ccfg, kind, extra)

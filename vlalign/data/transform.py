@@ -47,6 +47,7 @@ class ImageLimits:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_image_side: int = DEFAULT_MAX_IMAGE_SIDE
     allow_network: bool = False
+    decode: bool = True  # False: header and limits only (the caller decodes the image right after)
 
 
 @dataclass
@@ -67,7 +68,7 @@ class ConvertSpec:
 @lru_cache(maxsize=4)
 def _checker(limits: ImageLimits) -> ImageChecker:
     """One image checker per process and limits: its cache spans batches."""
-    return ImageChecker(limits.max_image_pixels, limits.max_image_side, limits.allow_network)
+    return ImageChecker(limits.max_image_pixels, limits.max_image_side, limits.allow_network, decode=limits.decode)
 
 
 class _NoImages(ImageChecker):
