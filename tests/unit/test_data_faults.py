@@ -109,11 +109,12 @@ def test_truncated_jpeg_is_caught_at_validation(tmp_path):
     assert errors_of(res) == {(0, "images[0]")} and "truncated" in res.errors[0].reason
 
 
-def test_lone_surrogates_and_control_characters(tmp_path):
+def test_lone_surrogates_are_errors_and_control_characters_warnings(tmp_path):
     rows = [pref(0, prompt="Colour\udcff?"), pref(1, chosen="Red\x07."), pref(2)]
     res = scan(canonical(tmp_path, rows))  # json.dumps writes the surrogate as an escape, as real files do
-    assert errors_of(res) == {(0, "prompt"), (1, "chosen")}
-    assert "lone surrogate" in res.errors[0].reason and "control character" in res.errors[1].reason
+    assert errors_of(res) == {(0, "prompt")} and "lone surrogate '\\udcff' at character 6" in res.errors[0].reason
+    assert [(w.row, w.field) for w in res.warnings] == [(1, "chosen")] and "'\\x07'" in res.warnings[0].reason
+    assert [r.id for r in res.records] == ["p1", "p2"]
 
 
 def test_nan_and_inf_in_every_numeric_field(tmp_path):

@@ -2,9 +2,10 @@
 
 The adapter already refused rows whose fields are missing or mistyped; these checks find what is
 wrong in well-formed rows: empty texts, chosen == rejected, unreadable or oversized images, spans outside
-the text or overlapping, bad safety/ranking values, NaN/inf in any number, lone surrogates and control
-characters in any text, conversations whose image marks do not match the images. Each problem is a
-``(field, reason, fix)`` tuple; :func:`record_warnings` lists what is suspicious but allowed.
+the text or overlapping, bad safety/ranking values, NaN/inf in any number, lone surrogates in any text,
+conversations whose image marks do not match the images. Each problem is a ``(field, reason, fix)``
+tuple; :func:`record_warnings` lists what is suspicious but allowed (control characters, answers equal
+up to case and spacing).
 """
 
 from __future__ import annotations
@@ -52,19 +53,26 @@ def text_fields(rec: Record) -> Iterator[tuple[str, Any]]:
 
 
 def check_strings(rec: Record) -> list[Problem]:
-    """Lone surrogates (text that cannot be written as UTF-8) and control characters, by position."""
+    """Lone surrogates, by position: text that cannot be written as UTF-8 (writers, tokenizers and the
+    annotation app fail on it later, far from the row)."""
     out = []
     for name, text in text_fields(rec):
-        if not isinstance(text, str):
-            continue
-        bad = _SURROGATE.search(text)
+        bad = _SURROGATE.search(text) if isinstance(text, str) else None
         if bad:
             out.append((name, f"lone surrogate {bad.group()!r} at character {bad.start()} (not valid Unicode text; "
                               "often a mis-decoded byte)", "re-decode the source text as UTF-8 or remove it"))
-        ctrl = _CONTROL.search(text)
+    return out
+
+
+def control_characters(rec: Record) -> list[Problem]:
+    """Invisible control characters (a warning: they survive JSON and tokenizers, but are rarely meant;
+    sampled answers of a barely trained model contain them)."""
+    out = []
+    for name, text in text_fields(rec):
+        ctrl = _CONTROL.search(text) if isinstance(text, str) else None
         if ctrl:
             out.append((name, f"control character {ctrl.group()!r} at character {ctrl.start()}",
-                        "remove it (only tab, newline and carriage return are allowed)"))
+                        "remove it unless it is meant (tab, newline and carriage return are not reported)"))
     return out
 
 
@@ -196,10 +204,12 @@ def check_record(rec: Record, images: ImageChecker) -> list[Problem]:
 
 
 def record_warnings(rec: Record) -> list[Problem]:
-    """Allowed but suspicious: answers that differ only in case or spacing carry almost no preference."""
+    """Allowed but suspicious: answers that differ only in case or spacing carry almost no preference;
+    control characters in any text."""
+    out = control_characters(rec)
     chosen, rejected = getattr(rec, "chosen", None), getattr(rec, "rejected", None)
     if isinstance(chosen, str) and isinstance(rejected, str) and chosen.strip() != rejected.strip() \
             and normalized(chosen) == normalized(rejected):
-        return [("rejected", "chosen and rejected differ only in case or spacing",
-                 "check the pair: the model will learn formatting, not content")]
-    return []
+        out.append(("rejected", "chosen and rejected differ only in case or spacing",
+                    "check the pair: the model will learn formatting, not content"))
+    return out
