@@ -169,6 +169,11 @@ def convert_stream_row(raw: dict[str, Any], spec: ConvertSpec) -> list[dict[str,
     return convert_row(data, raw.get("__error__"), raw["__file__"], int(raw["__row__"]), spec)
 
 
+def convert_table(table: Any, indices: list[int], spec: ConvertSpec) -> dict[str, list]:
+    """The map function on an Arrow-formatted dataset: a ``pyarrow.Table`` batch → canonical rows."""
+    return convert_batch(table.to_pydict(), indices, spec)
+
+
 def convert_batch(batch: dict[str, list], indices: list[int], spec: ConvertSpec) -> dict[str, list]:
     """The batched ``map`` function: raw rows → canonical rows (see the module docstring)."""
     checker = _checker(spec.images) if spec.images.check else _NoImages()

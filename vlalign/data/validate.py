@@ -31,8 +31,8 @@ from vlalign.data.transform import (
     TABLE_FORMAT,
     ConvertSpec,
     ImageLimits,
-    convert_batch,
     convert_stream_row,
+    convert_table,
     decode_record,
     undecoded,
 )
@@ -259,13 +259,16 @@ def collect(canon: datasets.Dataset, n_rows: int, formats: dict[str, str], reaso
 
 
 def canonical_dataset(raw: RawSource, spec: ConvertSpec, num_proc: int | None = None, progress: bool = True) -> Any:
-    """The batched, cached adapter + checks ``map`` over a map-style raw source."""
-    ds = undecoded(raw.dataset)
+    """The batched, cached adapter + checks ``map`` over a map-style raw source. The input is read in
+    Arrow format, so image columns arrive as their stored ``{bytes, path}`` structs (nothing decoded, and
+    no cast pass over the data)."""
+    ds = raw.dataset.with_format("arrow")
     kwargs: dict[str, Any] = {"num_proc": num_proc} if num_proc and num_proc > 1 and len(ds) > 1 else {}
     with quiet(not progress or len(ds) < 5000):
-        return ds.map(convert_batch, batched=True, batch_size=256, with_indices=True, fn_kwargs={"spec": spec},
-                      remove_columns=ds.column_names, features=CANONICAL_FEATURES, desc="validate rows",
-                      writer_batch_size=256, **kwargs)
+        out = ds.map(convert_table, batched=True, batch_size=256, with_indices=True, fn_kwargs={"spec": spec},
+                     remove_columns=ds.column_names, features=CANONICAL_FEATURES, desc="validate rows",
+                     writer_batch_size=256, **kwargs)
+    return out.with_format(None)
 
 
 def scan(
