@@ -62,7 +62,7 @@ def runs(ids, token):
 
 
 def test_two_turn_conversation_keeps_both_turns(family, images):
-    name, processor, _ = family
+    _, processor, _ = family
     conv = [user(IMAGE, text("What colour is the square?")), assistant("It is red."), user(text("Are you sure?"))]
     rec = PreferenceRecord("c", images[:1], "Are you sure?", "Yes.", "No.", conversation=conv)
     enc = encode_record(processor, rec, 0, CollateConfig(max_length=4096), "pair")

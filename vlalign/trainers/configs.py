@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from vlalign.config import BaseConfig
-from vlalign.data.config import DataConfig  # noqa: F401 (the data section lives with the data layer)
+from vlalign.data.config import DataConfig  # the data section lives with the data layer
 from vlalign.models.load import ModelConfig
 
 
