@@ -94,7 +94,10 @@ def test_in_memory_datasets_and_rows_named_by_index():
     res = load_records(ds, on_bad_rows="skip")
     assert [r.id for r in res.records] == ["rlaif_v-train-0", "rlaif_v-train-2"]
     assert [(e.file, e.row, e.field) for e in res.errors] == [("<in-memory Dataset>", 1, "rejected")]
-    streamed = load_records(ds.to_iterable_dataset(), on_bad_rows="skip")  # an IterableDataset: one pass
+    iterable = load_records(ds.to_iterable_dataset(), on_bad_rows="skip")  # read once into Arrow, then as above
+    assert [r.id for r in iterable.records] == ["rlaif_v-train-0", "rlaif_v-train-2"]
+    assert [(e.row, e.field) for e in iterable.errors] == [(1, "rejected")]
+    streamed = scan(ds.to_iterable_dataset(), streaming=True)  # one constant-memory pass, no records kept
     assert (streamed.n_rows, len(streamed.records), [(e.row, e.field) for e in streamed.errors]) == (3, 2, [(1, "rejected")])
     dd = datasets.DatasetDict({"train": ds})
     assert len(load_records(dd, on_bad_rows="skip").records) == 2

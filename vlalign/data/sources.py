@@ -164,8 +164,8 @@ def files_signature(files: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------------- opening
 
 
-def _split_of(dd: Any, split: str | None, label: str) -> Any:
-    """One split of a DatasetDict: the one asked for, else ``train``, else the only one."""
+def _split_of(dd: Any, split: str | None, label: str) -> tuple[str, Any]:
+    """(name, split) of a DatasetDict: the one asked for, else ``train``, else the only one."""
     names = list(dd.keys())
     if split is None:
         split = "train" if "train" in names else (names[0] if len(names) == 1 else None)
@@ -173,7 +173,12 @@ def _split_of(dd: Any, split: str | None, label: str) -> Any:
             raise ValueError(f"{label}: holds several splits ({', '.join(names)}); choose one with data.split / --split")
     if split not in names:
         raise ValueError(f"{label}: no split {split!r}; it has {', '.join(names)}")
-    return dd[split]
+    return split, dd[split]
+
+
+def _iterate(source: Any) -> Any:
+    """Rows of an IterableDataset, images undecoded (the generator ``Dataset.from_generator`` reads)."""
+    yield from undecoded(source)
 
 
 def _json_source(files: list[str], label: str, spec: SourceSpec, image_root: str | None) -> RawSource:
@@ -301,9 +306,10 @@ def _hub_stream(repo_id: str, spec: SourceSpec) -> RawSource:
 def _dataset_source(ds: Any, label: str, spec: SourceSpec) -> RawSource:
     """An in-memory / saved ``datasets`` object (rows named by their index)."""
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        split = spec.split
-        ds = _split_of(ds, split, label)
-        label = f"{label}[{split or 'train'}]"
+        split, ds = _split_of(ds, spec.split, label)
+        label = f"{label}[{split}]"
+    if isinstance(ds, datasets.IterableDataset) and not spec.streaming:  # map-style: read it once, to Arrow
+        ds = datasets.Dataset.from_generator(_iterate, gen_kwargs={"source": ds}, cache_dir=spec.cache_dir)
     if isinstance(ds, datasets.IterableDataset):
         ds = undecoded(ds).map(lambda row, i: {"__file__": label, "__row__": i}, with_indices=True)
         return RawSource(ds, label, json_text=False, provenance=True, locator=Locator(label), image_root=spec.image_root)
