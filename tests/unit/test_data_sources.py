@@ -153,3 +153,14 @@ def test_second_load_reuses_the_cached_map(tmp_path):
 def test_open_source_kinds(hub_folder, tmp_path):
     assert open_source(SourceSpec(hub_folder)).label.endswith("[train]")
     assert open_source(SourceSpec(hub_folder, streaming=True)).provenance
+
+
+def test_validation_map_in_several_processes_gives_the_same_result(hub_folder, tmp_path):
+    import shutil
+
+    one = load_records(hub_folder, on_bad_rows="skip")
+    shutil.copytree(hub_folder, tmp_path / "copy")  # a fresh copy: nothing cached, the 2-process map runs
+    two = load_records(tmp_path / "copy", on_bad_rows="skip", num_proc=2)
+    assert summary(two) == summary(one)
+    assert [(Path(e.file).name, e.row, e.field) for e in two.errors] == [(Path(e.file).name, e.row, e.field)
+                                                                           for e in one.errors]
