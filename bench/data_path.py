@@ -12,8 +12,9 @@ measures, each phase in a fresh process:
   every image fully decoded, ``--num-proc`` processes), then the same call again (the cached map);
 - ``rate``: rows/s through load + validate + encode (the streaming source: adapter, checks and the
   tiny LLaVA processor, in 0, 1, 2 workers) over ``--rate-rows`` rows;
-- ``rss``: peak RSS of a streaming pass (load + validate + encode, 0 workers) over the first 10% of the
-  rows and over all of them — the two must stay within 10% of each other;
+- ``rss``: peak RSS (the process and its encoding workers, sampled every 0.2 s) of a streaming pass
+  (load + validate + encode, ``--rss-workers``) over the first 10% of the rows and over all of them —
+  the two must stay within 10% of each other;
 - ``trl``: TRL 1.16's own path for the same rows — ``datasets.load_dataset("parquet")`` (first run and
   cached) and ``DPOTrainer``'s train dataloader (its vision collator decodes and processes on the fly,
   with no validation) at 0, 1, 2 workers.
@@ -130,14 +131,46 @@ def _stream(spec: dict[str, Any], rows: int, workers: int) -> dict[str, Any]:
     cfg = DataConfig(train=spec["train"], streaming=True, num_workers=workers, max_length=256, shuffle_buffer=256)
     src = stream_source(cfg, processor, "pair", micro_batch=micro, seed=0)
     baseline = rss_snapshot()["hwm_mb"]
+    tree = TreeRss()
     t0 = time.perf_counter()
     steps = rows // micro
     for step in range(steps):
         src.micro_batches(step)
     wall = time.perf_counter() - t0
     src.close()
+    tree.stop()
     return {"rows": steps * micro, "wall_s": round(wall, 2), "rows_per_s": round(steps * micro / wall, 1),
-            "baseline_rss_mb": round(baseline, 1), "peak_rss_mb": round(rss_snapshot()["hwm_mb"], 1)}
+            "baseline_rss_mb": round(baseline, 1), "peak_rss_mb": round(rss_snapshot()["hwm_mb"], 1),
+            "peak_tree_rss_mb": round(tree.peak_mb, 1)}
+
+
+class TreeRss:
+    """Peak of (this process + its worker processes) resident memory, sampled every 0.2 s."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self.peak_mb, self._stop = 0.0, threading.Event()
+        self._proc = psutil.Process()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.2):
+            try:
+                procs = [self._proc, *self._proc.children(recursive=True)]
+                total = sum(p.memory_info().rss for p in procs) / 2**20
+            except psutil.Error:
+                continue
+            self.peak_mb = max(self.peak_mb, total)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def phase_rate(spec: dict[str, Any]) -> dict[str, Any]:
@@ -145,7 +178,7 @@ def phase_rate(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def phase_rss(spec: dict[str, Any]) -> dict[str, Any]:
-    out = _stream(spec, spec["rows_used"], 0)
+    out = _stream(spec, spec["rows_used"], spec["rss_workers"])
     out["peak_above_baseline_mb"] = round(out["peak_rss_mb"] - out["baseline_rss_mb"], 1)
     return out
 
@@ -216,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate-rows", type=int, default=2000, help="rows per throughput measurement")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--num-proc", type=int, default=2, help="processes of the validation map (startup)")
+    ap.add_argument("--rss-workers", type=int, default=2, help="encoding workers of the peak-RSS passes")
     ap.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
     ap.add_argument("--child", choices=list(PHASES))
     ap.add_argument("--spec")
@@ -238,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     tenth = max(1, args.shards // 10)
     base = {"files": files, "train": str(out / "data" / "train-*.parquet"), "model": str(model),
             "rate_rows": args.rate_rows, "num_proc": args.num_proc, "tmp": str(out / "tmp"),
+            "rss_workers": args.rss_workers,
             "worker_counts": args.workers}
     report: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
                               "machine": machine_info(threads=int(os.environ.get("OMP_NUM_THREADS", os.cpu_count()))),
@@ -257,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                     os.symlink(f, sub / Path(f).name)
             n_rows = args.rows if n_shards == args.shards else args.rows // args.shards * n_shards
             report["rss"][name] = run_child("rss", {**base, "train": str(sub), "rows_used": n_rows, "tag": name}, out)
-        peaks = [report["rss"][k].get("peak_rss_mb") for k in ("tenth", "all")]
+        peaks = [report["rss"][k].get("peak_tree_rss_mb") for k in ("tenth", "all")]
         if all(peaks):
             report["rss"]["all_over_tenth"] = round(peaks[1] / peaks[0], 3)
     if "trl" in args.phases:
