@@ -238,7 +238,7 @@ def encode_record(processor: Any, record: Any, row: int, cfg: CollateConfig, kin
         responses.append(ids)
         flags.append(fl[: len(ids)])
     prompt_loss = None
-    if kind == "sft" and cfg.assistant_turns == "all" and record.conversation:
+    if kind == "sft" and cfg.assistant_turns == "all" and getattr(record, "conversation", None):
         kept = messages
         for _ in range(dropped):
             kept = drop_first_exchange(kept) or kept

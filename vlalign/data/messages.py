@@ -196,8 +196,10 @@ def user_turn(prompt: str, n_images: int) -> dict[str, Any]:
 
 
 def record_messages(record: Any) -> list[dict[str, Any]]:
-    """The turns before a record's answer: its conversation, or one user turn built from the prompt."""
-    return record.conversation if record.conversation else [user_turn(record.prompt, len(record.images))]
+    """The turns before a record's answer: its conversation, or one user turn built from the prompt (also
+    for record-like objects without a ``conversation`` attribute)."""
+    conversation = getattr(record, "conversation", None)
+    return conversation if conversation else [user_turn(record.prompt, len(record.images))]
 
 
 def drop_first_exchange(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
