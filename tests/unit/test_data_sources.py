@@ -141,13 +141,17 @@ def test_second_load_reuses_the_cached_map(tmp_path):
     fix = Path(__file__).resolve().parents[1] / "fixtures" / "formats"
     src = tmp_path / "d.jsonl"
     src.write_text((fix / "rlaif_v.jsonl").read_text().replace("images/", str(fix / "images") + "/"))
-    first = load_records(src).canonical.cache_files
-    assert load_records(src).canonical.cache_files == first
+    first_load = load_records(src)
+    first = first_load.canonical.cache_files
+    again = load_records(src)
+    assert again.canonical.cache_files == first
+    assert again.records.fingerprint() == first_load.records.fingerprint()  # a stable key for caches
     row = json.loads(src.read_text())
     row["chosen"] = "Another answer."
     src.write_text(json.dumps(row) + "\n")
     edited = load_records(src)
     assert edited.canonical.cache_files != first and edited.records[0].chosen == "Another answer."
+    assert edited.records.fingerprint() != first_load.records.fingerprint()
 
 
 def test_open_source_kinds(hub_folder, tmp_path):

@@ -10,6 +10,7 @@ silently: ``on_bad_rows="skip"`` keeps the good rows and the report lists the ot
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -97,6 +98,13 @@ class RecordView(Sequence):
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)
+
+    def fingerprint(self) -> str:
+        """Identifies these records without reading them: the canonical table's ``datasets`` fingerprint
+        (input files, adapter options, code version) and the kept rows. For cache keys."""
+        h = hashlib.sha256(str(self.table._fingerprint).encode())
+        h.update(json.dumps(self.indices).encode())
+        return h.hexdigest()[:20]
 
     def __repr__(self) -> str:
         return f"RecordView({len(self)} records)"
