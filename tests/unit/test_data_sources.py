@@ -168,3 +168,24 @@ def test_validation_map_in_several_processes_gives_the_same_result(hub_folder, t
     assert summary(two) == summary(one)
     assert [(Path(e.file).name, e.row, e.field) for e in two.errors] == [(Path(e.file).name, e.row, e.field)
                                                                            for e in one.errors]
+
+
+def test_hub_layout_with_json_files_and_two_configs(tmp_path):
+    """A card with two configs whose data files are JSONL: the subset picks the config, and JSON rows go
+    through vlalign's reader (a broken line is that row's error, named by file and row)."""
+    fix = Path(__file__).resolve().parents[1] / "fixtures" / "formats"
+    red = str(fix / "images" / "red.png")
+    folder = tmp_path / "repo"
+    for config in ("en", "zh"):
+        (folder / config).mkdir(parents=True)
+        rows = [json.dumps({"images": [red], "prompt": f"{config} {i}?", "chosen": "a", "rejected": "b"}) for i in range(3)]
+        rows[1] = rows[1][:-1] if config == "zh" else rows[1]  # a truncated line in zh
+        (folder / config / "train.jsonl").write_text("\n".join(rows) + "\n")
+    card = ("---\nconfigs:\n- config_name: en\n  data_files:\n  - split: train\n    path: en/*.jsonl\n"
+            "- config_name: zh\n  data_files:\n  - split: train\n    path: zh/*.jsonl\n---\n")
+    (folder / "README.md").write_text(card)
+    en = load_records(folder, subset="en")
+    assert [r.prompt for r in en.records] == ["en 0?", "en 1?", "en 2?"]
+    zh = load_records(folder, subset="zh", on_bad_rows="skip")
+    assert [r.prompt for r in zh.records] == ["zh 0?", "zh 2?"]
+    assert [(Path(e.file).as_posix().split("/")[-2:], e.row, e.field) for e in zh.errors] == [(["zh", "train.jsonl"], 1, "<row>")]
