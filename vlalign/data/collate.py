@@ -39,7 +39,7 @@ from vlalign.data.encode import (  # noqa: F401 (re-exported: callers build and 
     processor_ids,
 )
 from vlalign.data.messages import record_messages
-from vlalign.data.workers import OrderedPool, worker_state
+from vlalign.data.workers import OrderedPool, in_worker, worker_state
 
 
 # Processor outputs that describe images; they are concatenated (not padded) when batching.
@@ -282,6 +282,8 @@ class EncodedDataset:
 def _encode_rows(rows: list[int]) -> list[Encoded | str]:
     """Worker task of :meth:`EncodedDataset.check_all`: encoded rows, or the message of a bad one."""
     dataset = worker_state()["dataset"]
+    if in_worker():
+        dataset.cache_bytes = 0  # this copy's cache would die with the worker: the parent keeps the results
     out: list[Encoded | str] = []
     for i in rows:
         try:

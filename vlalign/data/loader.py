@@ -27,7 +27,7 @@ from vlalign.data.collate import (
     collate,
     encode_record,
 )
-from vlalign.data.workers import OrderedPool, worker_state
+from vlalign.data.workers import OrderedPool, in_worker, worker_state
 
 
 @dataclass
@@ -77,6 +77,8 @@ class _Any:
 def _encode_step(micro_indices: list[list[int]]) -> list[Batch]:
     """Worker task: one optimizer step's micro-batches, encoded and collated."""
     dataset = worker_state()["dataset"]
+    if in_worker():
+        dataset.cache_bytes = 0  # a worker's copy of the cache would grow in every worker
     return [dataset.batch(ix) for ix in micro_indices]
 
 

@@ -28,7 +28,12 @@ _STATE: dict[str, Any] = {}  # what the worker functions use, inherited at fork
 def _init_worker(state: dict[str, Any]) -> None:
     torch.set_num_threads(1)
     _STATE.clear()
-    _STATE.update(state)
+    _STATE.update(state, in_worker=True)
+
+
+def in_worker() -> bool:
+    """True inside a worker process (its copies of the parent's objects are private to it)."""
+    return bool(_STATE.get("in_worker"))
 
 
 def worker_state() -> dict[str, Any]:
