@@ -137,5 +137,8 @@ def test_images_are_capped_to_the_processor_limit_by_default(tmp_path, tiny_mode
     processor = AutoProcessor.from_pretrained(tiny_model_dir("llava"))
     Image.new("RGB", (3000, 1500), (10, 20, 30)).save(tmp_path / "big.png")
     (img,) = open_images(processor, PromptRecord("b", [str(tmp_path / "big.png")], "Q"), CollateConfig())
-    cap = default_max_pixels(processor)  # CLIP resizes the short side to 64: cap (2*64)^2 * 4 = 65,536 px
-    assert cap == 65_536 and img.width * img.height <= cap and img.size[0] == 2 * img.size[1]
+    cap = default_max_pixels(processor)  # CLIP resizes the short side to 64: (4*64)^2 = 65,536 px, floor 1024^2
+    assert cap == 1024 * 1024 and img.width * img.height <= cap and img.size[0] == 2 * img.size[1]
+    Image.new("RGB", (448, 448), (10, 20, 30)).save(tmp_path / "photo.png")
+    (small,) = open_images(processor, PromptRecord("p", [str(tmp_path / "photo.png")], "Q"), CollateConfig())
+    assert small.size == (448, 448)  # ordinary images reach the processor untouched

@@ -62,31 +62,35 @@ def _tokenizer(processor: Any) -> Any:
     return getattr(processor, "tokenizer", processor)
 
 
+MIN_DEFAULT_CAP = 1024 * 1024  # ordinary photos (up to ~1 Mpx) reach the processor untouched: one resize
+
+
 def default_max_pixels(processor: Any) -> int:
     """The pixel cap images get before the processor when ``max_pixels`` is not set: the processor's own
     pixel limit where it has one (Qwen2-VL-style dynamic resolution: ``size["longest_edge"]`` counts
-    pixels), else 4x the pixels of the size it resizes to (2x per side), else 4096².
+    pixels), else 4x the pixels of the size it resizes to (2x per side), and never below 1024².
 
     Why: a 12000x12000 image decodes to 432 MB of RGB and the processor makes several float copies;
-    every VLM processor shrinks it anyway, so shrinking first loses nothing and bounds memory per row.
+    every VLM processor shrinks it anyway, so shrinking first (a JPEG is even decoded at a reduced scale)
+    loses nothing and bounds memory per row. The floor keeps ordinary images from being resized twice.
     """
     ip = getattr(processor, "image_processor", None)
-    limit = getattr(ip, "max_pixels", None)
-    if isinstance(limit, int) and limit > 0:
-        return limit
     size = getattr(ip, "size", None) or {}
     size = size if isinstance(size, dict) else dict(getattr(size, "__dict__", {}))
-    if size.get("max_pixels"):
-        return int(size["max_pixels"])
+    limit = getattr(ip, "max_pixels", None) or size.get("max_pixels")
+    if limit:
+        return int(limit)
     if size.get("longest_edge") and hasattr(ip, "merge_size"):  # dynamic resolution: a pixel count
-        return int(size["longest_edge"])
+        return max(int(size["longest_edge"]), MIN_DEFAULT_CAP)
     if size.get("longest_edge"):
-        return (2 * int(size["longest_edge"])) ** 2
-    if size.get("height") and size.get("width"):
-        return 4 * int(size["height"]) * int(size["width"])
-    if size.get("shortest_edge"):
-        return (2 * int(size["shortest_edge"])) ** 2 * 4  # the long side may be up to ~2x the short one
-    return 4096 * 4096
+        cap = (2 * int(size["longest_edge"])) ** 2
+    elif size.get("height") and size.get("width"):
+        cap = 4 * int(size["height"]) * int(size["width"])
+    elif size.get("shortest_edge"):
+        cap = (4 * int(size["shortest_edge"])) ** 2  # the long side may be ~2x the short one
+    else:
+        cap = 4096 * 4096
+    return max(cap, MIN_DEFAULT_CAP)
 
 
 def _max_pixels(processor: Any, cfg: CollateConfig) -> int | None:
