@@ -3,6 +3,7 @@ bad rows skipped and listed, and streamed batches driving real DPO steps."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -119,9 +120,11 @@ def test_streamed_batches_train_dpo_steps(data_dir, processor, tiny_model_dir):
     def forward(model, inputs, mask, num_records):  # the plain batched pair forward: (N, T) log-probs, mask
         return response_logprobs(model, inputs, mask)
 
+    base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("llava"))
+
     def train(src_factory, cut=None):
         torch.manual_seed(0)
-        model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("llava")).train()
+        model = copy.deepcopy(base).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
         src, losses = src_factory(), []
         for step in range(2):
@@ -141,7 +144,7 @@ def test_streamed_batches_train_dpo_steps(data_dir, processor, tiny_model_dir):
 
     model, losses = train(lambda: source(data_dir, processor))
     again, losses2 = train(lambda: source(data_dir, processor), cut=1)
-    before = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("llava"))
+    before = base
     assert all(torch.isfinite(torch.tensor(losses)))
     moved = max((p - q).abs().max().item() for p, q in zip(model.parameters(), before.parameters()))
     assert moved > 1e-4

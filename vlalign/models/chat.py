@@ -63,8 +63,13 @@ def response_suffix(processor: Any) -> str:
     Found by rendering a conversation with a sentinel response and reading what follows it, so the
     suffix is whatever the family's template writes (``</s>``, ``<|im_end|>``, ``<end_of_utterance>``).
     Trailing whitespace after the end token is dropped: the model should learn to stop, not to
-    print a newline. If the template writes nothing, the tokenizer's eos token is used.
+    print a newline. If the template writes nothing, the tokenizer's eos token is used. Remembered on
+    the processor per chat template (it is needed for every response of every row).
     """
+    template = getattr(processor, "chat_template", None)
+    cached = getattr(processor, "_vlalign_response_suffix", None)
+    if cached is not None and cached[0] == template:
+        return cached[1]
     text = processor.apply_chat_template(
         [user_message("x", 0), {"role": "assistant", "content": [{"type": "text", "text": _SENTINEL}]}],
         add_generation_prompt=False,
@@ -72,8 +77,12 @@ def response_suffix(processor: Any) -> str:
     )
     if _SENTINEL not in text:
         raise ValueError("the chat template does not render assistant turns; set model.chat_template")
-    suffix = text.split(_SENTINEL, 1)[1].rstrip()
-    return suffix or (tokenizer_of(processor).eos_token or "")
+    suffix = text.split(_SENTINEL, 1)[1].rstrip() or (tokenizer_of(processor).eos_token or "")
+    try:
+        processor._vlalign_response_suffix = (template, suffix)
+    except AttributeError:  # a processor that takes no new attributes: computed each time
+        pass
+    return suffix
 
 
 def check_prompt_prefix(processor: Any) -> bool:
