@@ -47,11 +47,11 @@ def data_dir(tmp_path_factory):
     return write_stream_data(tmp_path_factory.mktemp("stream"))
 
 
-def source(data_dir, processor, rank=0, world=1, workers=0, **kw):
+def source(data_dir, processor, rank=0, world=1, workers=0, accum=2, **kw):
     cfg = DataConfig(train=str(data_dir), streaming=True, shuffle_buffer=8, on_bad_rows="skip",
                      num_workers=workers, max_length=256)
-    return stream_source(cfg, processor, "pair", micro_batch=2, micro_batches_per_step=2, rank=rank, world=world,
-                         seed=3, **kw)
+    return stream_source(cfg, processor, "pair", micro_batch=2, micro_batches_per_step=accum, rank=rank,
+                         world=world, seed=3, **kw)
 
 
 def run(src, steps):
@@ -142,8 +142,8 @@ def test_streamed_batches_train_dpo_steps(data_dir, processor, tiny_model_dir):
         src.close()
         return model, losses
 
-    model, losses = train(lambda: source(data_dir, processor))
-    again, losses2 = train(lambda: source(data_dir, processor), cut=1)
+    model, losses = train(lambda: source(data_dir, processor, accum=1))
+    again, losses2 = train(lambda: source(data_dir, processor, accum=1), cut=1)
     before = base
     assert all(torch.isfinite(torch.tensor(losses)))
     moved = max((p - q).abs().max().item() for p, q in zip(model.parameters(), before.parameters()))
