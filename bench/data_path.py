@@ -278,10 +278,18 @@ def main(argv: list[str] | None = None) -> int:
                               "machine": machine_info(threads=int(os.environ.get("OMP_NUM_THREADS", os.cpu_count()))),
                               "versions": package_versions(["vlalign", "datasets", "transformers", "trl", "torch"]),
                               "rows": args.rows, "shards": args.shards, "image_side": args.image_side}
+    def save(partial: dict[str, Any]) -> None:  # after every phase: a long run keeps what it measured
+        (out / "data_path.json").write_text(json.dumps(partial, indent=2) + "\n")
+
     if "startup" in args.phases:
         report["startup"] = run_child("startup", base, out)
+        save(report)
     if "rate" in args.phases:
         report["rate"] = {w: run_child("rate", {**base, "workers": w, "tag": f"w{w}"}, out) for w in args.workers}
+        save(report)
+    if "trl" in args.phases:
+        report["trl"] = run_child("trl", base, out)
+        save(report)
     if "rss" in args.phases:
         report["rss"] = {}
         for name, n_shards in (("tenth", tenth), ("all", args.shards)):
@@ -295,10 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         peaks = [report["rss"][k].get("peak_tree_rss_mb") for k in ("tenth", "all")]
         if all(peaks):
             report["rss"]["all_over_tenth"] = round(peaks[1] / peaks[0], 3)
-    if "trl" in args.phases:
-        report["trl"] = run_child("trl", base, out)
     report["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
-    (out / "data_path.json").write_text(json.dumps(report, indent=2) + "\n")
+    save(report)
     print(json.dumps(report, indent=2))
     return 0
 
