@@ -128,8 +128,11 @@ def _row_data(batch: dict[str, list], i: int, spec: ConvertSpec) -> tuple[dict[s
 def _convert_one(data: dict[str, Any], file: str, row: int, spec: ConvertSpec, checker: ImageChecker) -> list[dict]:
     """One raw row → canonical rows (never raises)."""
     base = {"__file__": file, "__row__": row, "id": "", "record": "", "images": []}
+    fmt = spec.formats.get(file) or spec.formats.get(TABLE_FORMAT)
+    if fmt is None:
+        reason = "no format for this file: none of its first rows could be read to detect it"
+        return [{**base, "__status__": "bad", "__problems__": json.dumps([["<row>", reason, "pass --format", "error"]])}]
     try:
-        fmt = spec.formats.get(file) or spec.formats[TABLE_FORMAT]
         ctx = RowContext(file, row, spec.options, spec.image_root)
         records = FORMATS.get(fmt).convert(data, ctx)
     except RowProblem as p:
@@ -137,7 +140,7 @@ def _convert_one(data: dict[str, Any], file: str, row: int, spec: ConvertSpec, c
     except RowSkipped as s:
         return [{**base, "__status__": "skipped", "__problems__": json.dumps([["<row>", s.reason, "", "skip"]])}]
     except Exception as exc:  # noqa: BLE001 (an adapter failure is this row's error, never a crash)
-        reason = f"the {spec.formats.get(file) or spec.formats.get(TABLE_FORMAT)} adapter failed ({type(exc).__name__}: {exc})"
+        reason = f"the {fmt} adapter failed ({type(exc).__name__}: {exc})"
         return [{**base, "__status__": "bad", "__problems__": json.dumps([["<row>", reason, "check the row's field types", "error"]])}]
     out = []
     for rec in records:
