@@ -145,7 +145,9 @@ def _stream(spec: dict[str, Any], rows: int, workers: int) -> dict[str, Any]:
 
 
 class TreeRss:
-    """Peak of (this process + its worker processes) resident memory, sampled every 0.2 s."""
+    """Peak of (this process + its worker processes) memory, sampled every 0.2 s: the main process's
+    RSS plus each worker's PSS (forked workers share their parent's pages; summing their RSS would count
+    the shared pages once per worker)."""
 
     def __init__(self) -> None:
         import threading
@@ -162,8 +164,8 @@ class TreeRss:
 
         while not self._stop.wait(0.2):
             try:
-                procs = [self._proc, *self._proc.children(recursive=True)]
-                total = sum(p.memory_info().rss for p in procs) / 2**20
+                workers = self._proc.children(recursive=True)
+                total = (self._proc.memory_info().rss + sum(p.memory_full_info().pss for p in workers)) / 2**20
             except psutil.Error:
                 continue
             self.peak_mb = max(self.peak_mb, total)
