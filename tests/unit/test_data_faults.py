@@ -7,6 +7,7 @@ fields, identical answers, exceptions inside the checks, and a fuzz of random fi
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -31,6 +32,7 @@ FIX = Path(__file__).resolve().parents[1] / "fixtures" / "formats"
 RED = str(FIX / "images" / "red.png")
 
 
+@functools.lru_cache(maxsize=2)
 def huge_png(width: int, height: int) -> bytes:
     """A valid 1-bit PNG of width x height, built without ever holding the pixels (zeros compress to a
     few hundred KB), so the test costs nothing while the header claims a huge image."""
