@@ -276,7 +276,12 @@ def main(argv: list[str] | None = None) -> int:
             "rate_rows": args.rate_rows, "num_proc": args.num_proc, "tmp": str(out / "tmp"),
             "rss_workers": args.rss_workers,
             "worker_counts": args.workers}
-    report: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+    previous = json.loads((out / "data_path.json").read_text()) if (out / "data_path.json").is_file() else {}
+    same_data = all(previous.get(k) == v for k, v in (("rows", args.rows), ("shards", args.shards),
+                                                       ("image_side", args.image_side)))
+    report: dict[str, Any] = {**(previous if same_data else {}),  # phases run separately add up
+                              "commands": [*(previous.get("commands", []) if same_data else []),
+                                           " ".join(["python", *sys.argv])],
                               "machine": machine_info(threads=int(os.environ.get("OMP_NUM_THREADS", os.cpu_count()))),
                               "versions": package_versions(["vlalign", "datasets", "transformers", "trl", "torch"]),
                               "rows": args.rows, "shards": args.shards, "image_side": args.image_side}

@@ -29,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 DEFAULT_MAX_IMAGE_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 DEFAULT_MAX_IMAGE_SIDE = 16_384  # longest side; processors fail on extreme aspect ratios anyway
 URL_PREFIXES = ("http://", "https://")
+CACHE_ENTRIES = 65_536  # answers remembered per checker (~10 MB): enough for any file's reused images
 URL_MAX_BYTES = 64 * 2**20
 URL_TIMEOUT_S = 20.0
 
@@ -168,7 +169,7 @@ class ImageChecker:
     ) -> None:
         self.max_image_pixels, self.max_image_side, self.decode = max_image_pixels, max_image_side, decode
         self.allow_network, self.url_cache = allow_network, url_cache
-        self._cache: dict[Any, str | None] = {}
+        self._cache: dict[Any, str | None] = {}  # bounded (oldest first out): a stream never grows it
         self.resolved: dict[str, str] = {}
         self.n_opened = 0  # how many files/bytes were actually decoded (for tests and stats)
 
@@ -181,7 +182,7 @@ class ImageChecker:
         if isinstance(norm, bytes):
             key: Any = ("bytes", hashlib.blake2b(norm, digest_size=16).digest())
             if key not in self._cache:
-                self._cache[key] = self._decode(io.BytesIO(norm), "image bytes")
+                self._remember(key, self._decode(io.BytesIO(norm), "image bytes"))
             return self._cache[key]
         if is_url(norm):
             return self._url_problem(norm)
@@ -191,8 +192,13 @@ class ImageChecker:
             return f"image file not found: {norm}"
         key = (norm, st.st_size, st.st_mtime_ns)
         if key not in self._cache:
-            self._cache[key] = self._decode(norm, f"image file {norm}")
+            self._remember(key, self._decode(norm, f"image file {norm}"))
         return self._cache[key]
+
+    def _remember(self, key: Any, answer: str | None) -> None:
+        if len(self._cache) >= CACHE_ENTRIES:
+            del self._cache[next(iter(self._cache))]
+        self._cache[key] = answer
 
     def _url_problem(self, url: str) -> str | None:
         if not self.allow_network:

@@ -137,6 +137,19 @@ def first_object(file: str, limit: int = 1000) -> dict[str, Any] | None:
     return None
 
 
+def field_names(file: str) -> list[str] | None:
+    """The field names a file's rows have, for format detection: a Parquet file's schema (no row is
+    read: a row group can hold hundreds of MB of images), else the keys of its first parseable row."""
+    if suffix_of(file) == ".parquet":
+        try:
+            with _open(file) as fh:
+                return list(pq.read_schema(fh).names)
+        except Exception:  # noqa: BLE001 (an unreadable file is reported by its rows, not here)
+            return None
+    obj = first_object(file)
+    return None if obj is None else list(obj)
+
+
 def provenance_rows(shards: list[str], as_text: bool, signature: Any = None) -> Iterator[dict[str, Any]]:
     """Every row of ``shards`` as a dict with ``__file__``, ``__row__`` and ``__error__``.
 

@@ -25,7 +25,7 @@ import datasets
 
 from vlalign.data.formats import FORMATS, FormatDetectionError, explain_format
 from vlalign.data.records import Record
-from vlalign.data.rows import first_object
+from vlalign.data.rows import field_names
 from vlalign.data.sources import PROVENANCE, FileProblem, RawSource, SourceSpec, code_version, open_source
 from vlalign.data.transform import (
     CANONICAL_FEATURES,
@@ -162,8 +162,8 @@ class LoadResult:
 
 
 def detect_formats(raw: RawSource, format: str | None) -> tuple[dict[str, str], dict[str, str]]:
-    """(file -> format, file -> why). JSON files are detected one by one from their first good row;
-    a table source from its columns."""
+    """(file -> format, file -> why). Files are detected one by one (JSON from their first good row,
+    Parquet from its schema); a table source from its columns."""
     if format is not None:
         FORMATS.get(format)  # unknown names fail here, with a did-you-mean
         keys = raw.files if raw.provenance and raw.files else [TABLE_FORMAT]
@@ -171,9 +171,9 @@ def detect_formats(raw: RawSource, format: str | None) -> tuple[dict[str, str], 
     formats, reasons = {}, {}
     if raw.provenance and raw.files:
         for f in raw.files:
-            obj = first_object(f)
-            if obj is not None:
-                formats[f], reasons[f] = explain_format(obj.keys(), f)
+            names = field_names(f)
+            if names is not None:
+                formats[f], reasons[f] = explain_format(names, f)
         return formats, reasons
     columns = [c for c in (raw.dataset.column_names or []) if c not in PROVENANCE] if hasattr(raw.dataset, "column_names") else []
     if not columns:
