@@ -11,6 +11,7 @@ with pyarrow. :func:`provenance_rows` is the generator ``datasets`` builds datas
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,15 +104,17 @@ def json_rows(file: str) -> Iterator[RawRow]:
 
 
 def parquet_rows(file: str, batch_size: int = 256) -> Iterator[RawRow]:
-    """Rows of a Parquet file (struct columns such as HF Image ``{bytes, path}`` arrive as dicts)."""
-    with _open(file) as fh:
+    """Rows of a Parquet file (struct columns such as HF Image ``{bytes, path}`` arrive as dicts), read
+    ``batch_size`` rows at a time: memory holds one batch, not the row group (which may be 100s of MB)."""
+    local = "://" not in str(file)
+    with (contextlib.nullcontext(str(file)) if local else _open(file)) as src:
         try:
-            pf = pq.ParquetFile(fh)
+            pf = pq.ParquetFile(src, pre_buffer=False, buffer_size=1 << 20)
         except Exception as exc:  # noqa: BLE001 (not Parquet, truncated footer...: the file's problem)
             yield RawRow(file, None, None, f"not a readable Parquet file ({type(exc).__name__}: {exc})")
             return
         row = 0
-        for batch in pf.iter_batches(batch_size=batch_size):
+        for batch in pf.iter_batches(batch_size=batch_size, use_threads=False):
             for item in batch.to_pylist():
                 yield RawRow(file, row, item)
                 row += 1
