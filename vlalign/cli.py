@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "vlalign.experiments.experiment_cli",
     "vlalign.annotate.cli",
     "vlalign.rewards.cli",
+    "vlalign.redteam.cli",
 ]
 
 

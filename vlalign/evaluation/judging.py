@@ -27,7 +27,7 @@ from vlalign.data.validate import load_records
 from vlalign.evaluation.context import EVAL_TASKS, EvalContext, EvalDataError, JudgeConfig
 from vlalign.evaluation.generate import generate_answers
 from vlalign.evaluation.items import ItemValues, rate_items
-from vlalign.rewards.judge import JUDGE_BACKENDS, JudgeBackend, parse_score
+from vlalign.rewards.judge import JudgeBackend, judge_backend, parse_score
 from vlalign.rewards.judge_backends import JudgeRequestError
 
 # aspect -> grading prompt; placeholders {prompt}, {response}. Scale 1-10, one line "Score: N".
@@ -61,13 +61,10 @@ _LONE = re.compile(r"^\W*(a|b|tie)\W*$", re.IGNORECASE)
 
 def make_judge(cfg: JudgeConfig) -> JudgeBackend:
     """The configured backend, or a clear error when the task needs a judge and none is set."""
-    from vlalign.rewards.judge import _register_backends
-
-    _register_backends()
     if not cfg.backend:
         raise EvalDataError("this task needs a judge: set judge.backend=openai judge.backend_kwargs.url=... "
                             "(or judge.backend=hf judge.backend_kwargs.model=PATH); see docs/evaluation.md")
-    return JUDGE_BACKENDS.get(cfg.backend)(**cfg.backend_kwargs)
+    return judge_backend(cfg.backend, **cfg.backend_kwargs)
 
 
 def ask(judge: JudgeBackend, prompts: list[str], images: list[list[Any]]) -> list[str]:
