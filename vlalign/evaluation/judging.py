@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vlalign.data.records import PromptRecord, Record
-from vlalign.data.validate import load_records
+from vlalign.data.validate import DataError, load_records
 from vlalign.evaluation.context import EVAL_TASKS, EvalContext, EvalDataError, JudgeConfig
 from vlalign.evaluation.generate import generate_answers
 from vlalign.evaluation.items import ItemValues, rate_items
@@ -125,7 +125,10 @@ def judge_records(path: Path, limit: int | None) -> tuple[list[Record], Path]:
                 break
         else:
             raise EvalDataError(f"{path}: no prompts.jsonl or eval_captions.jsonl for the judge task")
-    recs = list(load_records(path).records)
+    try:
+        recs = list(load_records(path).records)
+    except DataError as exc:
+        raise EvalDataError(str(exc)) from None
     return (recs[:limit] if limit else recs), path.parent
 
 

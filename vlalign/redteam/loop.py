@@ -179,7 +179,10 @@ def seeds_from(path: Path, n: int | None) -> tuple[list[Candidate], Path]:
     recs: list[Record] = list(load_records(file).records)
     harmful = [r for r in recs if (r.meta.get("safety") or {"harmful": True}).get("harmful")]
     harmful = harmful[:n] if n else harmful
-    cands = [Candidate(r.id, [r.prompt], list(r.images), dict(r.meta)) for r in harmful]
+    # load_records resolves relative image paths against the file's folder (relative to the working
+    # directory); make them absolute so they open from anywhere
+    cands = [Candidate(r.id, [r.prompt], [str(Path(i).resolve()) if isinstance(i, str) else i for i in r.images],
+                       dict(r.meta)) for r in harmful]  # fmt: skip
     return cands, file.parent
 
 
@@ -252,6 +255,7 @@ def save_images(images: Sequence[Any], out: Path, base_dir: str) -> list[str]:
 
 def load_attempts(run: Path) -> tuple[list[Candidate], list[str]]:
     """The attempts of an earlier run (for ``--replay``), with their ids, images by absolute path."""
+    run = run.resolve()
     f = run / "attacks.jsonl"
     if not f.is_file():
         raise FileNotFoundError(f"{f}: no attempts to replay; give a folder written by `vlalign redteam`")

@@ -172,7 +172,8 @@ class OpenAIChatJudge:
                 url, credentials = target, False  # credentials are never sent to a redirected address
                 continue
             if status == 429 or status >= 500:
-                raise _Retryable(redact(f"HTTP {status} {reason}", self._secrets()))
+                detail = body[:200].decode("utf-8", "replace")
+                raise _Retryable(redact(f"HTTP {status} {reason} {detail}".strip(), self._secrets()))
             if status >= 400:
                 detail = body[:300].decode("utf-8", "replace")
                 hint = "" if credentials else " (the request was redirected: credentials are not sent to a redirected address)"
