@@ -22,6 +22,7 @@ from vlalign.config import BaseConfig
 from vlalign.data.records import Record, from_dict
 from vlalign.evaluation.generate import GenerationConfig, generate_answers
 from vlalign.evaluation.items import ItemValues
+from vlalign.evaluation.report import read_metrics_jsonl
 from vlalign.registry import Registry
 
 
@@ -149,18 +150,10 @@ def read_json_lines(path: Path, what: str) -> list[dict[str, Any]]:
     """JSON Lines (one object per line; POPE's ``.json`` files are JSON Lines), errors by line number."""
     if not path.is_file():
         raise EvalDataError(f"{path} does not exist; {what}")
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EvalDataError(f"{path}, line {i}: not valid JSON ({exc.msg}); {what}") from None
-        if not isinstance(row, dict):
-            raise EvalDataError(f"{path}, line {i}: expected a JSON object; {what}")
-        rows.append(row)
-    return rows
+    try:
+        return read_metrics_jsonl(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EvalDataError(f"{exc}; expected {what}") from None
 
 
 def require_keys(row: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
