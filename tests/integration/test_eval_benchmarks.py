@@ -125,3 +125,22 @@ def test_trust_tasks_on_shapes_and_compare(model, shapes, tmp_path):
     assert ece_row[3].startswith("+0.000 [+0.000, +0.000]") and "no difference detectable" in ece_row[3]
     html = (tmp_path / "cmp" / "compare.html").read_text()
     assert "paired bootstrap" in html and "<img" in html
+
+
+def test_judge_task_with_a_local_vlm_judge_and_reference_model(model, shapes, tmp_path):
+    """The `judge` task through the local-VLM backend (the tiny model judging itself, --ref generating the
+    reference answers): every judgement is kept with its prompt and raw reply; a tiny random judge writes
+    no score, so every grade is a counted parse failure rather than a made-up number."""
+    out = tmp_path / "j"
+    res = CliRunner().invoke(app, ["eval", "--model", model, "--ref", model, "--data", str(shapes), "--task", "judge",
+                                   "--out", str(out), "limit=2", "generation.max_new_tokens=4", "judge.backend=hf",
+                                   f"judge.backend_kwargs.model={model}", "judge.aspects=[faithfulness]", "n_boot=200"])
+    assert res.exit_code == 0, res.output
+    m = _metrics(out)["metrics"]
+    rows = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    graded = [r for r in rows if r["aspect"] == "faithfulness"]
+    pairs = [r for r in rows if r["aspect"] == "pairwise"]
+    assert len(graded) == 2 and len(pairs) == 2 and all("raw" in r and r["judge_prompt"] for r in graded)
+    n_failed = sum(r["parse_failure"] for r in graded)
+    assert m["judge_faithfulness_parse_failure_rate"] == n_failed / 2
+    assert all(len(r["judge_prompt"]) == 2 and r["reference_answer"] is not None for r in pairs)  # both orders
