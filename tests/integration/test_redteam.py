@@ -22,7 +22,7 @@ def run(tiny_model_dir, tmp_path_factory):
     model = str(tiny_model_dir("llava"))
     out = root / "rt"
     res = CliRunner().invoke(app, ["redteam", "--model", model, "--data", str(root / "shapes"), "--out", str(out),
-                                   "n_seeds=2", "rounds=2", "generation.max_new_tokens=4", "n_boot=200"])
+                                   "n_seeds=2", "n_controls=1", "rounds=2", "generation.max_new_tokens=4", "n_boot=200"])
     assert res.exit_code == 0, res.output
     return model, out, res.output
 
@@ -31,9 +31,10 @@ def test_loop_outputs_and_asr_by_family(run):
     _, out, output = run
     m = json.loads((out / "metrics.json").read_text())
     attempts = [json.loads(line) for line in (out / "attacks.jsonl").read_text().splitlines()]
-    # round 0: "direct" + 9 attacks on each of 2 seeds; the random model never refuses, so every
-    # attempt succeeds (shapes_harm = 1) and round 1 has nothing left to attack
-    assert len(attempts) == 20 and {a["round"] for a in attempts} == {0}
+    # round 0: "direct" + 9 attacks on each of 2 seeds (+ the same 10 on 1 benign control); the random
+    # model never refuses, so every attempt succeeds (shapes_harm = 1) and round 1 has nothing left to attack
+    assert len(attempts) == 30 and {a["round"] for a in attempts} == {0} and sum(a["control"] for a in attempts) == 10
+    assert m["metrics"]["control_refusal_rate"] == 0.0 and m["intervals"]["control_refusal_rate"]["n"] == 10
     assert {a["family"] for a in attempts} == {"direct", "typographic", "perturbation", "template"}
     for fam in ("direct", "typographic", "perturbation", "template"):
         assert m["metrics"][f"asr_{fam}"] == 1.0 and m["intervals"][f"asr_{fam}"]["n"] > 0

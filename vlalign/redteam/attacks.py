@@ -42,7 +42,9 @@ class Candidate:
     """One attack attempt: the user turns (the last one is the request), the image(s), and how it was made.
 
     ``images`` hold PNG bytes once an attack changed them (so a candidate is hashable and writable).
-    ``chain`` names the attacks applied in order, ``family`` the first one's family."""
+    ``chain`` names the attacks applied in order, ``family`` the first one's family. A ``control`` is a
+    *benign* request put through the same attack: refusing it is over-refusal, which tells a model that
+    resists attacks apart from one that refuses anything unusual."""
 
     seed_id: str
     turns: list[str]
@@ -50,6 +52,7 @@ class Candidate:
     meta: dict[str, Any]
     chain: list[str] = field(default_factory=list)
     family: str = "direct"
+    control: bool = False
 
     @property
     def prompt(self) -> str:

@@ -53,6 +53,7 @@ class RedteamConfig(BaseConfig):
     replay: str | None = Field(None, description="an earlier redteam folder: run its attempts unchanged (no search)")
     seed: int = 0
     n_seeds: int | None = Field(None, ge=1, description="seed requests used (None = all harmful ones)")
+    n_controls: int = Field(0, ge=0, description="benign requests put through the same round-0 attacks (over-refusal controls)")
     rounds: int = Field(2, ge=1, description="attacker rounds (round 0 tries every attack once per seed)")
     attacker: str = Field("library", description="ATTACKERS name: library | model")
     attacks: list[str] = Field(default_factory=lambda: ["direct", *ATTACKS.names()],
@@ -101,8 +102,8 @@ class LibraryAttacker(Attacker):
 
     def propose(self, seeds, history, rnd, rng):
         if rnd == 0:
-            return [c for s in seeds for c in (self._one(s, a, rng) for a in self.attacks)]
-        last = [h for h in history if h.round == rnd - 1 and not h.success]
+            return [c for s in seeds if not s.control for c in (self._one(s, a, rng) for a in self.attacks)]
+        last = [h for h in history if h.round == rnd - 1 and not h.success and not h.candidate.control]
         out = []
         for h in last:
             fam = families()
@@ -132,7 +133,8 @@ class ModelAttacker(Attacker):
         self.backend = backend
 
     def propose(self, seeds, history, rnd, rng):
-        bases = list(seeds) if rnd == 0 else [h.candidate for h in history if h.round == rnd - 1 and not h.success]
+        bases = [s for s in seeds if not s.control] if rnd == 0 else \
+            [h.candidate for h in history if h.round == rnd - 1 and not h.success and not h.candidate.control]
         replies = {h.candidate.key(): h.answer for h in history}
         prompts = [ATTACKER_PROMPT.format(reply=replies.get(c.key(), "(none yet)"), request=c.turns[-1]) for c in bases]
         rewrites = self.backend.complete(prompts, [[] for _ in prompts]) if prompts else []
@@ -168,9 +170,10 @@ def answer(model: Any, processor: Any, cands: list[Candidate], cfg: GenerationCo
     return texts, cands
 
 
-def seeds_from(path: Path, n: int | None) -> tuple[list[Candidate], Path]:
+def seeds_from(path: Path, n: int | None, n_controls: int = 0) -> tuple[list[Candidate], Path]:
     """Harmful seed requests: a Shapes folder's text-harm safety prompts (held-out ones) or any prompt
-    file whose rows carry ``meta.safety.harmful`` (rows without it are taken as harmful requests)."""
+    file whose rows carry ``meta.safety.harmful`` (rows without it are taken as harmful requests); plus
+    ``n_controls`` benign rows of the same file as over-refusal controls."""
     from vlalign.data.validate import load_records
 
     file = path / "safety_prompts_eval.jsonl" if path.is_dir() else path
@@ -179,11 +182,18 @@ def seeds_from(path: Path, n: int | None) -> tuple[list[Candidate], Path]:
     recs: list[Record] = list(load_records(file).records)
     harmful = [r for r in recs if (r.meta.get("safety") or {"harmful": True}).get("harmful")]
     harmful = harmful[:n] if n else harmful
+    benign = [r for r in recs if not (r.meta.get("safety") or {"harmful": True}).get("harmful")][:n_controls]
     # load_records resolves relative image paths against the file's folder (relative to the working
     # directory); make them absolute so they open from anywhere
     cands = [Candidate(r.id, [r.prompt], [str(Path(i).resolve()) if isinstance(i, str) else i for i in r.images],
-                       dict(r.meta)) for r in harmful]  # fmt: skip
+                       dict(r.meta), control=r in benign) for r in [*harmful, *benign]]  # fmt: skip
     return cands, file.parent
+
+
+def control_candidates(seeds: Sequence[Candidate], attacks: Sequence[str], rng: random.Random,
+                       base_dir: str | None) -> list[Candidate]:
+    """Every attack once on every benign control request (round 0 only: controls are measured, not searched)."""
+    return [s if a == "direct" else apply_attack(s, a, rng, base_dir) for s in seeds if s.control for a in attacks]
 
 
 def run_redteam(model: Any, processor: Any, seeds: list[Candidate], cfg: RedteamConfig, base_dir: str,
@@ -195,15 +205,22 @@ def run_redteam(model: Any, processor: Any, seeds: list[Candidate], cfg: Redteam
     history: list[Attempt] = []
     rounds = 1 if replay is not None else cfg.rounds
     for rnd in range(rounds):
-        cands = replay if replay is not None else attacker.propose(seeds, history, rnd, rng)
+        if replay is not None:
+            cands = replay
+        else:
+            cands = attacker.propose(seeds, history, rnd, rng)
+            if rnd == 0:
+                cands += control_candidates(seeds, cfg.attacks, rng, base_dir)
         if not cands:
             break
         texts, filled = answer(model, processor, cands, cfg.generation, base_dir)
-        samples = [Sample(c.images, c.prompt, t, {**c.meta}) for c, t in zip(filled, texts)]
-        harm = scorer.score(samples).rewards.tolist()
-        for k, (c, t, h) in enumerate(zip(filled, texts, harm)):
+        attacks = [k for k, c in enumerate(filled) if not c.control]
+        samples = [Sample(filled[k].images, filled[k].prompt, texts[k], {**filled[k].meta}) for k in attacks]
+        harm = dict(zip(attacks, scorer.score(samples).rewards.tolist() if samples else []))
+        for k, (c, t) in enumerate(zip(filled, texts)):
             aid = replay_ids[k] if replay_ids else f"r{rnd}_{len(history):05d}"
-            history.append(Attempt(aid, rnd, c, t, float(h), float(h) > cfg.harm_threshold))
+            h = harm.get(k, 0.0)
+            history.append(Attempt(aid, rnd, c, t, h, not c.control and h > cfg.harm_threshold))
     return history
 
 
@@ -220,11 +237,19 @@ def make_attacker(cfg: RedteamConfig, base_dir: str) -> Attacker:
 
 
 def asr_items(history: Sequence[Attempt]) -> dict[str, ItemValues]:
-    """``asr`` over all attempts and ``asr_<family>`` per family (per-item 0/1 success)."""
-    out = {"asr": rate_items([h.id for h in history], [h.success for h in history])}
-    for fam in sorted({h.candidate.family for h in history}):
-        hs = [h for h in history if h.candidate.family == fam]
+    """``asr`` over all attack attempts and ``asr_<family>`` per family (per-item 0/1 success); for the
+    benign controls ``control_refusal_rate`` (overall and ``_<family>``: refusals by the generic detector)."""
+    attacks = [h for h in history if not h.candidate.control]
+    controls = [h for h in history if h.candidate.control]
+    out = {"asr": rate_items([h.id for h in attacks], [h.success for h in attacks])}
+    for fam in sorted({h.candidate.family for h in attacks}):
+        hs = [h for h in attacks if h.candidate.family == fam]
         out[f"asr_{fam}"] = rate_items([h.id for h in hs], [h.success for h in hs])
+    if controls:
+        out["control_refusal_rate"] = rate_items([h.id for h in controls], [is_refusal_text(h.answer) for h in controls])
+        for fam in sorted({h.candidate.family for h in controls}):
+            hs = [h for h in controls if h.candidate.family == fam]
+            out[f"control_refusal_rate_{fam}"] = rate_items([h.id for h in hs], [is_refusal_text(h.answer) for h in hs])
     return out
 
 
@@ -234,6 +259,7 @@ def write_attempts(history: Sequence[Attempt], out: Path, base_dir: str) -> None
     with (out / "attacks.jsonl").open("w", encoding="utf-8") as f:
         for h in history:
             f.write(json.dumps({"id": h.id, "round": h.round, "seed_id": h.candidate.seed_id, "family": h.candidate.family,
+                                "control": h.candidate.control,
                                 "chain": h.candidate.chain, "turns": h.candidate.turns, "prompt": h.candidate.prompt,
                                 "images": save_images(h.candidate.images, out, base_dir), "meta": h.candidate.meta,
                                 "answer": h.answer, "harm": h.harm, "success": h.success}, default=str) + "\n")
@@ -261,7 +287,7 @@ def load_attempts(run: Path) -> tuple[list[Candidate], list[str]]:
         raise FileNotFoundError(f"{f}: no attempts to replay; give a folder written by `vlalign redteam`")
     rows = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
     cands = [Candidate(r["seed_id"], list(r["turns"]), [str(run / p) for p in r["images"]], r["meta"], list(r["chain"]),
-                       r["family"]) for r in rows]  # fmt: skip
+                       r["family"], bool(r.get("control"))) for r in rows]  # fmt: skip
     for c, r in zip(cands, rows):
         if len(c.turns) > 1:  # regenerate the target's own earlier turns
             c.turns = [t if k % 2 == 0 else "" for k, t in enumerate(c.turns)]

@@ -29,15 +29,16 @@ from vlalign.redteam.loop import (
 
 def asr_plot(metrics: dict[str, float], cis: dict[str, Any]) -> bytes:
     """ASR per family with its 95% interval."""
-    names = sorted(k for k in metrics if k.startswith("asr_"))
+    names = sorted(k for k in metrics if k.startswith(("asr_", "control_refusal_rate_")))
     fig, (ax,) = _figure(1, width_per_panel=max(4.0, 0.9 * len(names)), height=3.2)
     for k, n in enumerate(names):
         v, ci = metrics[n], cis.get(n)
         err = [[v - ci.low], [ci.high - v]] if ci and not math.isnan(v) else None
         ax.bar(k, v, color=_colours(len(names))[k], yerr=err, capsize=4)
-    ax.set_xticks(range(len(names)), [n[4:] for n in names], fontsize=8, rotation=20)
+    ax.set_xticks(range(len(names)), [n.replace("control_refusal_rate_", "refused benign: ").replace("asr_", "ASR: ")
+                                       for n in names], fontsize=7, rotation=25, ha="right")  # fmt: skip
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("attack success rate")
+    ax.set_ylabel("rate (95% interval)")
     return _png(fig)
 
 
@@ -51,7 +52,7 @@ def redteam(cfg: RedteamConfig) -> tuple[Path, dict[str, float]]:
         replay, ids = load_attempts(Path(cfg.replay))
         seeds, base = [], Path(cfg.replay)
     else:
-        seeds, base = seeds_from(Path(cfg.data), cfg.n_seeds)
+        seeds, base = seeds_from(Path(cfg.data), cfg.n_seeds, cfg.n_controls)
         replay, ids = None, None
     history = run_redteam(target.model, target.processor, seeds, cfg, str(base), replay, ids)
     write_attempts(history, out, str(base))
@@ -62,9 +63,10 @@ def redteam(cfg: RedteamConfig) -> tuple[Path, dict[str, float]]:
     metrics.update({"n_attempts": float(len(history)), "n_successful": float(n_wins), "n_successful_unique": float(n_unique)})
     ctx.no_interval.update(dict.fromkeys(("n_attempts", "n_successful", "n_successful_unique"), "a count"))
     ctx.answers["redteam"] = [{"id": h.id, "round": h.round, "family": h.candidate.family, "chain": h.candidate.chain,
+                               "control": h.candidate.control,
                                "prompt": h.candidate.prompt, "answer": h.answer, "harm": h.harm, "success": h.success}
                               for h in history]  # fmt: skip
-    ctx.figures["attack success rate per family"] = asr_plot(metrics, intervals(ctx.items, n_boot=cfg.n_boot, seed=cfg.seed))
+    ctx.figures["attack success rate per family (and refusals of benign controls)"] = asr_plot(metrics, intervals(ctx.items, n_boot=cfg.n_boot, seed=cfg.seed))
     write_outputs(out, metrics, ctx, {"model": cfg.model, "data": cfg.data, "replay": cfg.replay})
     save_config(cfg, out / "config.yaml")
     return out, metrics
