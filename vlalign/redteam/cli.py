@@ -40,6 +40,9 @@ def redteam_command(
     fams = ", ".join(f"{k[4:]} {v:.3f}" for k, v in sorted(metrics.items()) if k.startswith("asr_"))
     typer.echo(f"ASR {metrics['asr']:.3f} over {int(metrics['n_attempts'])} attempts ({fams}); "
                f"{int(metrics['n_successful_unique'])} unique successful attacks")
+    if "control_refusal_rate" in metrics:
+        typer.echo(f"benign controls through the same attacks: refused {metrics['control_refusal_rate']:.3f} of "
+                   f"{int(metrics['n_control_attempts'])}")
     typer.echo(f"wrote {path / 'metrics.json'}, {path / 'successful_prompts.jsonl'} and {path / 'successful_pairs.jsonl'}")
 
 

@@ -60,8 +60,10 @@ def redteam(cfg: RedteamConfig) -> tuple[Path, dict[str, float]]:
     ctx = EvalContext(None, None, base, EvalConfig(tasks=[], n_boot=cfg.n_boot, seed=cfg.seed))
     ctx.items.update(asr_items(history))
     metrics = {k: iv.value() for k, iv in ctx.items.items()}
-    metrics.update({"n_attempts": float(len(history)), "n_successful": float(n_wins), "n_successful_unique": float(n_unique)})
-    ctx.no_interval.update(dict.fromkeys(("n_attempts", "n_successful", "n_successful_unique"), "a count"))
+    n_controls = sum(h.candidate.control for h in history)
+    metrics.update({"n_attempts": float(len(history) - n_controls), "n_control_attempts": float(n_controls),
+                    "n_successful": float(n_wins), "n_successful_unique": float(n_unique)})
+    ctx.no_interval.update(dict.fromkeys(("n_attempts", "n_control_attempts", "n_successful", "n_successful_unique"), "a count"))
     ctx.answers["redteam"] = [{"id": h.id, "round": h.round, "family": h.candidate.family, "chain": h.candidate.chain,
                                "control": h.candidate.control,
                                "prompt": h.candidate.prompt, "answer": h.answer, "harm": h.harm, "success": h.success}
