@@ -8,7 +8,7 @@ import json
 
 import datasets
 import pytest
-from conftest import write_hub_layout
+from data_support import write_hub_layout
 from safetensors.torch import load_file
 
 from vlalign.trainers.configs import DPOConfig

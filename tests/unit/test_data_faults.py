@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import png_bytes
+from data_support import png_bytes
 from PIL import Image
 from typer.testing import CliRunner
 

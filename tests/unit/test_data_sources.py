@@ -8,7 +8,7 @@ from pathlib import Path
 
 import datasets
 import pytest
-from conftest import fake_hub_cache, png_bytes, write_hub_layout
+from data_support import fake_hub_cache, png_bytes, write_hub_layout
 
 from vlalign.data.images import open_image
 from vlalign.data.sources import SourceSpec, open_source

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import datasets
 import pytest
-from conftest import png_bytes, write_hub_layout
+from data_support import png_bytes, write_hub_layout
 
 from vlalign.data.formats import detect_format
 from vlalign.data.io import iter_rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +74,12 @@ def test_learning_probe_records_value_bound_and_seed(tmp_path, monkeypatch):
         ("ratio", 0.8, "<", 0.95, 3), ("ratio", 0.95, "<", 0.95, 3),
     ]
     assert rows[0]["threads"] == TEST_THREADS and rows[0]["kernels"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_no_test_imports_from_a_conftest():
+    """The suite has two conftest.py files; ``from conftest import`` gets whichever pytest loaded last, so
+    a helper imported that way breaks collection in some runs. Helpers live in *_support.py modules."""
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"^\s*(from conftest import|import conftest)", re.MULTILINE)
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []
