@@ -203,8 +203,10 @@ def prepare_inputs(workdir: Path, rows_needed: int, size: str = "small") -> dict
     ``bench_pairs.jsonl``: the first Shapes preference rows with their segment annotations dropped
     (DPO uses none, and a generator/validator disagreement on empty insertion spans must not stop a
     benchmark). ``bench_prompts.jsonl``: the same scenes as "Describe the image." prompt records
-    with the scene in ``meta`` (what the Shapes rule verifier reads).
+    with the scene in ``meta`` (what the Shapes rule verifier reads). Every returned path is absolute:
+    the workers run in their own folders, so a path relative to the caller's cwd would not resolve there.
     """
+    workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     model_dir = workdir / f"{size}_llava"
     if not (model_dir / "config.json").exists():
@@ -240,6 +242,7 @@ def run_worker(script: str, spec: dict[str, Any], workdir: Path, timeout_s: floa
     gives ``{"error": ...}`` with the tail of its stderr instead of raising, so one side failing
     still reports the other.
     """
+    workdir = Path(workdir).resolve()  # the child runs with this as its cwd: every path it gets is absolute
     workdir.mkdir(parents=True, exist_ok=True)
     name = Path(script).stem
     spec_path, out_path = workdir / f"{name}.spec.json", workdir / f"{name}.result.json"

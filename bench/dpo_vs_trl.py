@@ -68,8 +68,8 @@ def assemble(results: dict[str, dict[str, Any]], machine: dict[str, Any], model:
 
 def run(out_json: Path, workdir: Path, steps: int = 20, warmup: int = 3, batch_size: int = 4,
         max_length: int = 128, learning_rate: float = 1e-6, beta: float = 0.1, threads: int = 2,
-        sides: tuple[str, ...] = ("vlalign", "vlalign_lean", "trl")) -> dict[str, Any]:
-    inputs = prepare_inputs(workdir, batch_size * (steps + warmup))
+        sides: tuple[str, ...] = ("vlalign", "vlalign_lean", "trl"), size: str = "small") -> dict[str, Any]:
+    inputs = prepare_inputs(workdir, batch_size * (steps + warmup), size=size)
     settings = {"steps": steps, "warmup_steps": warmup, "batch_size": batch_size, "max_length": max_length,
                 "learning_rate": learning_rate, "beta": beta, "threads": threads, "optimizer": "adamw",
                 "lr_schedule": "constant", "precision": "fp32", "gradient_checkpointing": False, "fine_tuning": "full"}

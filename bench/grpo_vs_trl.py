@@ -48,8 +48,8 @@ def assemble(results: dict[str, dict[str, Any]], machine: dict[str, Any], model:
 
 def run(out_json: Path, workdir: Path, steps: int = 2, warmup: int = 1, num_prompts: int = 4, group_size: int = 4,
         max_new_tokens: int = 16, beta: float = 0.04, learning_rate: float = 1e-6, threads: int = 2,
-        sides: tuple[str, ...] = ("vlalign", "trl")) -> dict[str, Any]:
-    inputs = prepare_inputs(workdir, num_prompts * (steps + warmup))
+        sides: tuple[str, ...] = ("vlalign", "trl"), size: str = "small") -> dict[str, Any]:
+    inputs = prepare_inputs(workdir, num_prompts * (steps + warmup), size=size)
     settings = {"steps": steps, "warmup_steps": warmup, "num_prompts": num_prompts, "group_size": group_size,
                 "max_new_tokens": max_new_tokens, "beta": beta, "learning_rate": learning_rate, "threads": threads,
                 "max_length": 256, "precision": "fp32", "fine_tuning": "full", "vllm": False}

@@ -39,11 +39,19 @@ def load_bench_script(name: str) -> ModuleType:
     return module
 
 
-def _check(against: str) -> None:
+def _check(against: str, sides: tuple[str, ...]) -> None:
     if against not in AGAINST:
         fail(f"--against {against!r}: only {', '.join(AGAINST)} is supported")
-    if importlib.util.find_spec("trl") is None:
-        fail("TRL is not installed: `pip install -e .[bench]` (pins trl==1.16.0)")
+    if "trl" in sides and importlib.util.find_spec("trl") is None:
+        fail("TRL is not installed: `pip install -e .[bench]` (pins trl==1.16.0), or leave it out with --sides")
+
+
+def _sides(text: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    sides = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in sides if s not in known]
+    if unknown or not sides:
+        fail(f"--sides {text!r}: choose a comma-separated subset of {', '.join(known)}")
+    return sides
 
 
 def _summary(report: dict, keys: tuple[str, ...]) -> str:
@@ -65,6 +73,9 @@ AGAINST_OPTION = typer.Option("trl", "--against", help="framework to compare wit
 DPO_JSON = typer.Option(Path("bench/results/dpo_vs_trl.json"), "--json", help="write the report here")
 GRPO_JSON = typer.Option(Path("bench/results/grpo_vs_trl.json"), "--json", help="write the report here")
 WARMUP = typer.Option(None, "--warmup", min=1, help="warm-up steps, not measured (dpo 3, grpo 1)")
+MODEL = typer.Option("small", "--model", help="benchmark model size (vlalign tiny-model --size): tiny | small")
+DPO_SIDES = ("vlalign", "vlalign_lean", "trl")
+GRPO_SIDES = ("vlalign", "trl")
 
 
 @bench_app.command("dpo")
@@ -74,13 +85,17 @@ def bench_dpo(
     steps: int = typer.Option(20, "--steps", min=1, help="measured steps (after the warm-up)"),
     warmup: int | None = WARMUP,
     workdir: Path = WORKDIR,
+    model: str = MODEL,
+    sides: str = typer.Option(",".join(DPO_SIDES), "--sides", help="which sides to run, in this order"),
 ) -> None:
     """DPO pairs/s and peak memory, vlalign vs TRL's DPOTrainer (same model, data, hyper-parameters)."""
     from vlalign.cli_common import offline_by_default
 
     offline_by_default()
-    _check(against)
-    report = load_bench_script("dpo_vs_trl").run(json_out, workdir, steps=steps, warmup=warmup or 3)
+    chosen = _sides(sides, DPO_SIDES)
+    _check(against, chosen)
+    report = load_bench_script("dpo_vs_trl").run(json_out, workdir, steps=steps, warmup=warmup or 3, size=model,
+                                                 sides=chosen)
     typer.echo(_summary(report, ("pairs_per_s", "peak_rss_mb", "peak_above_baseline_mb")))
     typer.echo(f"wrote {json_out}")
 
@@ -92,13 +107,17 @@ def bench_grpo(
     steps: int = typer.Option(2, "--steps", min=1, help="measured GRPO steps (after the warm-up)"),
     warmup: int | None = WARMUP,
     workdir: Path = WORKDIR,
+    model: str = MODEL,
+    sides: str = typer.Option(",".join(GRPO_SIDES), "--sides", help="which sides to run, in this order"),
 ) -> None:
     """GRPO s/step and generated tokens/s, vlalign vs TRL's GRPOTrainer (4 prompts × 4, 16 tokens)."""
     from vlalign.cli_common import offline_by_default
 
     offline_by_default()
-    _check(against)
-    report = load_bench_script("grpo_vs_trl").run(json_out, workdir, steps=steps, warmup=warmup or 1)
+    chosen = _sides(sides, GRPO_SIDES)
+    _check(against, chosen)
+    report = load_bench_script("grpo_vs_trl").run(json_out, workdir, steps=steps, warmup=warmup or 1, size=model,
+                                                  sides=chosen)
     typer.echo(_summary(report, ("s_per_step", "generated_tokens_per_s", "peak_rss_mb")))
     typer.echo(f"wrote {json_out}")
 

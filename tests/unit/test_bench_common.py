@@ -187,3 +187,12 @@ def test_bench_command_is_registered():
     assert out.exit_code == 0 and "dpo" in out.output and "grpo" in out.output
     bad = CliRunner().invoke(app, ["bench", "dpo", "--against", "openrlhf"])
     assert bad.exit_code == 2 and "only trl" in bad.output
+
+
+def test_bench_sides_option_rejects_unknown_sides():
+    from typer.testing import CliRunner
+
+    from vlalign.cli import app
+
+    bad = CliRunner().invoke(app, ["bench", "grpo", "--sides", "vlalign,openrlhf"])
+    assert bad.exit_code == 2 and "--sides" in bad.output and "vlalign, trl" in bad.output
