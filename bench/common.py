@@ -71,6 +71,41 @@ def memory_report(baseline_hwm_mb: float, final_hwm_mb: float) -> dict[str, floa
 # ---------------------------------------------------------------------------------------- timings
 
 
+class StepClock:
+    """Wall-clock (``perf_counter``) and process CPU seconds at the end of every optimizer step.
+
+    A global optimizer step post-hook: the same instrument inside every framework (an optimizer step is
+    the end of a training step's work whatever the trainer's loop looks like). ``start()`` marks the
+    start of the end-to-end clock, right before the trainer is built.
+    """
+
+    def __init__(self) -> None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.t0 = self.c0 = 0.0
+        self._handle = register_optimizer_step_post_hook(self._on_step)
+
+    def _on_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+
+    def start(self) -> None:
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+    def stop(self) -> dict[str, float]:
+        """End-to-end wall and CPU seconds since ``start()``, and when the first step ended."""
+        wall, cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+        self._handle.remove()
+        first = self.wall[0] - self.t0 if self.wall else None
+        return {"e2e_s": round(wall, 3), "e2e_cpu_s": round(cpu, 3),
+                "first_step_end_s": None if first is None else round(first, 3)}
+
+    def step_times(self) -> list[float]:
+        return [round(b - a, 4) for a, b in zip([self.t0, *self.wall[:-1]], self.wall, strict=True)]
+
+
 def steady_rate(step_ends: Sequence[float], units_per_step: float, warmup: int) -> float:
     """Units/s over the steps after ``warmup``.
 
@@ -93,17 +128,6 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
     return round(a / b, 3)
-
-
-def nominal_dpo_flops_per_token(params: int) -> float:
-    """FLOPs a straightforward DPO step spends per token: 6·P training (forward 2·P + backward 4·P)
-    plus 2·P for the reference model's forward → 8·P."""
-    return 8.0 * params
-
-
-def nominal_grpo_flops_per_token(params: int) -> float:
-    """Per generated-and-trained token: 2·P generation + 2·P reference forward + 6·P policy training."""
-    return 10.0 * params
 
 
 # ----------------------------------------------------------------------------------------- machine
@@ -197,50 +221,19 @@ def safetensors_param_count(model_dir: Path) -> dict[str, int]:
     return {"params": total, "params_non_embedding": total - emb}
 
 
-def prepare_inputs(workdir: Path, rows_needed: int, size: str = "small") -> dict[str, Any]:
-    """Build (once) the small LLaVA and the Shapes data both sides use; return their paths.
-
-    ``bench_pairs.jsonl``: the first Shapes preference rows with their segment annotations dropped
-    (DPO uses none, and a generator/validator disagreement on empty insertion spans must not stop a
-    benchmark). ``bench_prompts.jsonl``: the same scenes as "Describe the image." prompt records
-    with the scene in ``meta`` (what the Shapes rule verifier reads). Every returned path is absolute:
-    the workers run in their own folders, so a path relative to the caller's cwd would not resolve there.
-    """
-    workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    model_dir = workdir / f"{size}_llava"
-    if not (model_dir / "config.json").exists():
-        from vlalign.models.tiny import build_tiny
-
-        build_tiny("llava", model_dir, size=size)
-    shapes = workdir / "shapes"
-    pref = shapes / "preference.jsonl"
-    have = len(pref.read_text().splitlines()) if pref.exists() else 0
-    if have < rows_needed:
-        from vlalign.data.shapes.generate import ShapesConfig, generate_shapes
-
-        generate_shapes(shapes, ShapesConfig(seed=0, n_train=max(rows_needed, 100), n_eval=10))
-    rows = read_rows(pref, rows_needed)
-    pairs, prompts = shapes / "bench_pairs.jsonl", shapes / "bench_prompts.jsonl"
-    with pairs.open("w") as fp, prompts.open("w") as fq:
-        for r in rows:
-            fp.write(json.dumps({**r, "chosen_segments": [], "rejected_segments": []}) + "\n")
-            meta = {"task": "caption", "scene": r["meta"]["scene"]}
-            fq.write(json.dumps({"id": r["id"], "images": r["images"], "prompt": r["prompt"], "meta": meta}) + "\n")
-    info = {"family": "llava", "size": size, **safetensors_param_count(model_dir)}
-    return {"model_dir": model_dir, "pairs": pairs, "prompts": prompts, "model_info": info}
-
-
 # ---------------------------------------------------------------------------------------- running
 
 
-def run_worker(script: str, spec: dict[str, Any], workdir: Path, timeout_s: float = 1800) -> dict[str, Any]:
+def run_worker(script: str, spec: dict[str, Any], workdir: Path, timeout_s: float = 3600,
+               mem_cap_mb: float | None = None) -> dict[str, Any]:
     """Run ``bench/<script>`` in a fresh interpreter with ``spec``; return its result JSON.
 
     The child's own numbers are kept; the kernel's ``ru_maxrss`` for that child (``os.wait4``) is
-    added as ``peak_rss_mb_kernel`` so the in-process VmHWM reading can be checked. A failed worker
-    gives ``{"error": ...}`` with the tail of its stderr instead of raising, so one side failing
-    still reports the other.
+    added as ``peak_rss_mb_kernel`` (a cross-check of the in-process VmHWM; it is at least the parent's
+    own high-water mark at spawn time, which exec carries over). A failed worker
+    gives ``{"error": ...}`` with the tail of its log instead of raising, so one side failing still
+    reports the other. With ``mem_cap_mb`` the child is killed as soon as its resident memory exceeds
+    the cap (``{"error": ..., "over_cap": True}``): what the max-batch search calls "does not fit".
     """
     workdir = Path(workdir).resolve()  # the child runs with this as its cwd: every path it gets is absolute
     workdir.mkdir(parents=True, exist_ok=True)
@@ -254,25 +247,40 @@ def run_worker(script: str, spec: dict[str, Any], workdir: Path, timeout_s: floa
            "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "WANDB_DISABLED": "true"}
     cmd = [sys.executable, str(BENCH_DIR / script), "--spec", str(spec_path), "--out", str(out_path)]
     t0 = time.perf_counter()
+    over_cap = timed_out = False
+    seen_mb = 0.0
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(workdir))
-        deadline = t0 + timeout_s
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            if time.perf_counter() > deadline:
+            if mem_cap_mb is not None:
+                try:
+                    seen_mb = max(seen_mb, rss_snapshot(proc.pid)["rss_mb"])
+                except (OSError, KeyError):
+                    pass
+                over_cap = seen_mb > mem_cap_mb
+            timed_out = time.perf_counter() - t0 > timeout_s
+            if over_cap or timed_out:
                 proc.kill()
                 pid, status, usage = os.wait4(proc.pid, 0)
                 break
-            time.sleep(0.2)
+            time.sleep(0.05 if mem_cap_mb is not None else 0.2)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
-    if proc.returncode != 0 or not out_path.exists():
+    # ru_maxrss can hold the parent's high-water mark (exec records the address space it replaces), so the
+    # cap is judged on the polled RSS and on the child's own VmHWM (its result's peak_rss_mb), not on it.
+    peak_kernel = round(maxrss_to_mb(usage.ru_maxrss), 1)
+    result = json.loads(out_path.read_text()) if proc.returncode == 0 and out_path.exists() else None
+    if over_cap or (mem_cap_mb is not None and result is not None and result.get("peak_rss_mb", 0) > mem_cap_mb):
+        return {"error": f"{script}: resident memory above the {mem_cap_mb:.0f} MiB cap (after {wall:.0f}s)",
+                "over_cap": True, "peak_rss_mb_seen": round(seen_mb, 1)}
+    if result is None:
         tail = log_path.read_text()[-3000:]
-        return {"error": f"{script} exited with {proc.returncode} after {wall:.0f}s; log {log_path}", "log_tail": tail}
-    result = json.loads(out_path.read_text())
-    result["peak_rss_mb_kernel"] = round(maxrss_to_mb(usage.ru_maxrss), 1)
+        why = "timed out" if timed_out else f"exited with {proc.returncode}"
+        return {"error": f"{script} {why} after {wall:.0f}s; log {log_path}", "log_tail": tail}
+    result["peak_rss_mb_kernel"] = peak_kernel
     result["process_wall_s"] = round(wall, 1)
     return result
 

@@ -54,17 +54,14 @@ def _sides(text: str, known: tuple[str, ...]) -> tuple[str, ...]:
     return sides
 
 
-def _summary(report: dict, keys: tuple[str, ...]) -> str:
+def _summary(report: dict, keys: tuple[str, ...], ratios: tuple[str, ...]) -> str:
     lines = []
     for side in ("vlalign", "vlalign_lean", "trl"):
         if side not in report:
             continue
         r = report[side]
         lines.append(f"{side}: " + (r["error"] if "error" in r else ", ".join(f"{k}={r.get(k)}" for k in keys)))
-    lines.append(f"speedup (vlalign vs trl): {report.get('speedup')}   memory ratio: {report.get('memory_ratio')}")
-    if "lean" in report:
-        lean = report["lean"]
-        lines.append(f"vlalign_lean vs trl: speedup {lean.get('speedup')}   memory ratio {lean.get('memory_ratio')}")
+    lines.append("vlalign vs trl: " + ", ".join(f"{k}={report.get(k)}" for k in ratios))
     return "\n".join(lines)
 
 
@@ -72,8 +69,11 @@ WORKDIR = typer.Option(Path("runs/bench"), "--workdir", help="model, data and pe
 AGAINST_OPTION = typer.Option("trl", "--against", help="framework to compare with")
 DPO_JSON = typer.Option(Path("bench/results/dpo_vs_trl.json"), "--json", help="write the report here")
 GRPO_JSON = typer.Option(Path("bench/results/grpo_vs_trl.json"), "--json", help="write the report here")
-WARMUP = typer.Option(None, "--warmup", min=1, help="warm-up steps, not measured (dpo 3, grpo 1)")
-MODEL = typer.Option("small", "--model", help="benchmark model size (vlalign tiny-model --size): tiny | small")
+STEPS = typer.Option(None, "--steps", min=1, help="measured steps after the warm-up (default: per --model)")
+WARMUP = typer.Option(None, "--warmup", min=1, help="warm-up steps, not in the steady rate (default: per --model)")
+MODEL = typer.Option("small", "--model", help="tiny (seconds) | small (30M LLaVA) | bench-mini (a 2B checkpoint's "
+                     "shapes) | bench-vocab (its real vocabulary); built by `vlalign tiny-model`")
+FAMILY = typer.Option(None, "--family", help="llava | qwen2_vl (default: llava for tiny/small, qwen2_vl for bench-*)")
 DPO_SIDES = ("vlalign", "vlalign_lean", "trl")
 GRPO_SIDES = ("vlalign", "trl")
 
@@ -82,21 +82,29 @@ GRPO_SIDES = ("vlalign", "trl")
 def bench_dpo(
     against: str = AGAINST_OPTION,
     json_out: Path = DPO_JSON,
-    steps: int = typer.Option(20, "--steps", min=1, help="measured steps (after the warm-up)"),
+    steps: int | None = STEPS,
     warmup: int | None = WARMUP,
     workdir: Path = WORKDIR,
     model: str = MODEL,
-    sides: str = typer.Option(",".join(DPO_SIDES), "--sides", help="which sides to run, in this order"),
+    family: str | None = FAMILY,
+    sides: str = typer.Option("vlalign,trl", "--sides", help="which of vlalign, vlalign_lean, trl to run, in order"),
+    max_batch_cap_gib: float | None = typer.Option(
+        None, "--max-batch-cap-gib", help="also find each side's largest batch under this resident-memory cap "
+        "(2-step probes in subprocesses, bisection; long)"),
 ) -> None:
-    """DPO pairs/s and peak memory, vlalign vs TRL's DPOTrainer (same model, data, hyper-parameters)."""
+    """Time to train one DPO epoch, vlalign vs TRL's DPOTrainer (same model, rows, hyper-parameters)."""
     from vlalign.cli_common import offline_by_default
 
     offline_by_default()
     chosen = _sides(sides, DPO_SIDES)
     _check(against, chosen)
-    report = load_bench_script("dpo_vs_trl").run(json_out, workdir, steps=steps, warmup=warmup or 3, size=model,
-                                                 sides=chosen)
-    typer.echo(_summary(report, ("pairs_per_s", "peak_rss_mb", "peak_above_baseline_mb")))
+    script = load_bench_script("dpo_vs_trl")
+    if model not in script.SIZES:
+        fail(f"--model {model!r}: choose one of {', '.join(script.SIZES)}")
+    report = script.run(json_out, workdir, size=model, family=family, steps=steps, warmup=warmup, sides=chosen,
+                        max_batch_cap_gib=max_batch_cap_gib)
+    typer.echo(_summary(report, ("e2e_s", "pairs_per_s", "peak_above_baseline_mb", "fraction_of_peak_steady"),
+                        ("speedup_e2e", "speedup_steady", "memory_above_baseline_ratio", "max_batch_ratio")))
     typer.echo(f"wrote {json_out}")
 
 
@@ -104,21 +112,25 @@ def bench_dpo(
 def bench_grpo(
     against: str = AGAINST_OPTION,
     json_out: Path = GRPO_JSON,
-    steps: int = typer.Option(2, "--steps", min=1, help="measured GRPO steps (after the warm-up)"),
+    steps: int | None = STEPS,
     warmup: int | None = WARMUP,
     workdir: Path = WORKDIR,
     model: str = MODEL,
+    family: str | None = FAMILY,
     sides: str = typer.Option(",".join(GRPO_SIDES), "--sides", help="which sides to run, in this order"),
 ) -> None:
-    """GRPO s/step and generated tokens/s, vlalign vs TRL's GRPOTrainer (4 prompts × 4, 16 tokens)."""
+    """GRPO s/step and generated tokens/s, vlalign vs TRL's GRPOTrainer (4 prompts × 4 samples)."""
     from vlalign.cli_common import offline_by_default
 
     offline_by_default()
     chosen = _sides(sides, GRPO_SIDES)
     _check(against, chosen)
-    report = load_bench_script("grpo_vs_trl").run(json_out, workdir, steps=steps, warmup=warmup or 1, size=model,
-                                                  sides=chosen)
-    typer.echo(_summary(report, ("s_per_step", "generated_tokens_per_s", "peak_rss_mb")))
+    script = load_bench_script("grpo_vs_trl")
+    if model not in script.SIZES:
+        fail(f"--model {model!r}: choose one of {', '.join(script.SIZES)}")
+    report = script.run(json_out, workdir, steps=steps, warmup=warmup, sides=chosen, size=model, family=family)
+    typer.echo(_summary(report, ("s_per_step", "e2e_s", "peak_above_baseline_mb", "fraction_of_peak"),
+                        ("speedup", "speedup_cpu", "speedup_e2e", "memory_above_baseline_ratio")))
     typer.echo(f"wrote {json_out}")
 
 

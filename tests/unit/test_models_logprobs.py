@@ -123,8 +123,9 @@ def test_chunked_head_gradcheck_float64():
 def test_chunked_head_matches_full_logits_with_gradients(family, tiny_model_dir):
     """response_logprobs (chunked output layer: 2-token chunks, 100-word vocabulary tiles) against full
     (B, T, V) logits: log-probs, entropies and every parameter's gradient of a loss using both, to 1e-5."""
-    import vlalign.models.chunked_head as chunked
     from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import vlalign.models.chunked_head as chunked
 
     d = tiny_model_dir(family)
     processor = AutoProcessor.from_pretrained(d)
