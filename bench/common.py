@@ -71,6 +71,23 @@ def memory_report(baseline_hwm_mb: float, final_hwm_mb: float) -> dict[str, floa
 # ---------------------------------------------------------------------------------------- timings
 
 
+def cuda_sync() -> None:
+    """Wait for queued GPU work, so a clock read after it counts it (no-op on CPU)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def gpu_memory() -> dict[str, float]:
+    """Peak GPU memory allocated by torch in this process (MiB); {} when no GPU was used."""
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return {}
+    return {"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / MIB / MIB, 1)}
+
+
 class StepClock:
     """Wall-clock (``perf_counter``) and process CPU seconds at the end of every optimizer step.
 
@@ -88,6 +105,7 @@ class StepClock:
         self._handle = register_optimizer_step_post_hook(self._on_step)
 
     def _on_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        cuda_sync()
         self.wall.append(time.perf_counter())
         self.cpu.append(time.process_time())
 
@@ -96,6 +114,7 @@ class StepClock:
 
     def stop(self) -> dict[str, float]:
         """End-to-end wall and CPU seconds since ``start()``, and when the first step ended."""
+        cuda_sync()
         wall, cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
         self._handle.remove()
         first = self.wall[0] - self.t0 if self.wall else None
@@ -133,18 +152,22 @@ def ratio(a: float | None, b: float | None) -> float | None:
 # ----------------------------------------------------------------------------------------- machine
 
 
-def matmul_gflops(n: int = 2048, threads: int = 2, repeats: int = 5, dtype: str = "float32") -> float:
-    """Best-of-``repeats`` GFLOP/s of an n×n @ n×n matmul (2·n³ FLOPs) on ``threads`` CPU threads."""
+def matmul_gflops(n: int = 2048, threads: int = 2, repeats: int = 5, dtype: str = "float32",
+                  device: str = "cpu") -> float:
+    """Best-of-``repeats`` GFLOP/s of an n×n @ n×n matmul (2·n³ FLOPs) on ``threads`` CPU threads (or
+    on the GPU, synchronised around each product)."""
     import torch
 
     torch.set_num_threads(threads)
     dt = getattr(torch, dtype)
-    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+    a, b = torch.randn(n, n, dtype=dt, device=device), torch.randn(n, n, dtype=dt, device=device)
     a @ b  # warm-up (allocations, kernel selection)
     best = float("inf")
     for _ in range(repeats):
+        cuda_sync()
         t0 = time.perf_counter()
         a @ b
+        cuda_sync()
         best = min(best, time.perf_counter() - t0)
     return 2.0 * n**3 / best / 1e9
 
@@ -159,18 +182,20 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_info(threads: int) -> dict[str, Any]:
-    """What the numbers were measured on: CPU, cores, threads used, measured fp32 matmul peak."""
+def machine_info(threads: int, device: str = "cpu") -> dict[str, Any]:
+    """What the numbers were measured on: CPU, cores, threads used, the measured matmul peak (fp32 on
+    the CPU; bf16 8192² on a GPU, the dtype the GPU benchmark trains in)."""
     import torch
 
-    return {
-        "cpu": cpu_name(),
-        "logical_cpus": os.cpu_count(),
-        "threads": threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "matmul_gflops_fp32": round(matmul_gflops(threads=threads), 1),
-    }
+    info = {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "threads": threads, "device": device,
+            "torch": torch.__version__, "python": platform.python_version()}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["matmul_gflops_fp32"] = round(matmul_gflops(8192, threads, dtype="bfloat16", device="cuda"), 1)
+        info["matmul_dtype"] = "bfloat16"
+    else:
+        info["matmul_gflops_fp32"] = round(matmul_gflops(threads=threads), 1)
+    return info
 
 
 def package_versions(names: Sequence[str]) -> dict[str, str | None]:
@@ -245,6 +270,8 @@ def run_worker(script: str, spec: dict[str, Any], workdir: Path, timeout_s: floa
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": str(spec.get("threads", 2)), "HF_DATASETS_OFFLINE": "1",
            "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "WANDB_DISABLED": "true"}
+    if spec.get("device", "cpu") == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU run on a GPU machine stays on the CPU, for both frameworks
     cmd = [sys.executable, str(BENCH_DIR / script), "--spec", str(spec_path), "--out", str(out_path)]
     t0 = time.perf_counter()
     over_cap = timed_out = False
@@ -294,7 +321,7 @@ def run_sides(kind: str, scripts: dict[str, str], sides: Sequence[str], spec: di
     memory-lean setting). The 1-minute load average is recorded before and after each side: on a
     shared machine it says whether the sides ran under comparable conditions.
     """
-    machine = machine_info(spec["threads"])
+    machine = machine_info(spec["threads"], spec.get("device", "cpu"))
     machine["load_avg_start"] = [round(x, 2) for x in os.getloadavg()]
     machine["versions"] = package_versions(["vlalign", "trl", "transformers", "accelerate", "torch"])
     results: dict[str, dict[str, Any]] = {}

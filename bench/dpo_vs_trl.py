@@ -41,6 +41,7 @@ SIZES = {
     "small": {"family": "llava", "steps": 20, "warmup": 3, "max_length": 128},
     "bench-mini": {"family": "qwen2_vl", "steps": 6, "warmup": 2, "max_length": 1024},
     "bench-vocab": {"family": "qwen2_vl", "steps": 6, "warmup": 2, "max_length": 1024},
+    "qwen2-vl-2b": {"family": "qwen2_vl", "steps": 6, "warmup": 2, "max_length": 1024},  # GPU: bench/gpu.sh
 }
 # issue #16's targets: end-to-end speed-up by size, FLOP/s share, memory above imports, max batch
 TARGETS = {"speedup_e2e_min": {"bench-mini": 4.0, "bench-vocab": 10.0}, "useful_flops_fraction_min": 0.7,
@@ -108,22 +109,23 @@ def assemble(results: dict[str, dict[str, Any]], machine: dict[str, Any], model:
 def run(out_json: Path, workdir: Path, size: str = "small", family: str | None = None, steps: int | None = None,
         warmup: int | None = None, batch_size: int = 4, learning_rate: float = 1e-6, beta: float = 0.1,
         threads: int = 2, sides: tuple[str, ...] = ("vlalign", "trl"), max_batch_cap_gib: float | None = None,
-        max_batch_limit: int = 64) -> dict[str, Any]:
+        max_batch_limit: int = 64, device: str = "cpu") -> dict[str, Any]:
     preset = SIZES[size]
     family = family or preset["family"]
     steps, warmup = steps or preset["steps"], warmup or preset["warmup"]
     rows = batch_size * (steps + warmup)
+    dtype = "bfloat16" if device == "cuda" else "float32"  # weights in this dtype on both sides, no autocast
     workdir = Path(workdir).resolve()
     inputs = prepare_inputs(workdir, max(rows, 2 * max_batch_limit if max_batch_cap_gib else 0), family, size)
     tokens = inputs["tokens"][:rows]
     settings = {"size": size, "family": family, "rows": rows, "steps": steps + warmup, "warmup_steps": warmup,
                 "batch_size": batch_size, "max_length": preset["max_length"], "learning_rate": learning_rate,
                 "beta": beta, "threads": threads, "optimizer": "adamw (fused)", "lr_schedule": "constant",
-                "precision": "fp32", "gradient_checkpointing": False, "fine_tuning": "full",
+                "device": device, "precision": dtype, "gradient_checkpointing": False, "fine_tuning": "full",
                 "tokens": token_summary(tokens)}
     spec = {"model": str(inputs["model_dir"]), "data": str(inputs["pairs"]), "seed": 0, "rows": rows,
             "batch_size": batch_size, "warmup_steps": warmup, "max_length": preset["max_length"],
-            "learning_rate": learning_rate, "beta": beta, "threads": threads}
+            "learning_rate": learning_rate, "beta": beta, "threads": threads, "device": device, "dtype": dtype}
     results, machine = run_sides("dpo", SIDES, sides, spec, workdir, RESULT_KEYS, SIDE_SPECS)
     flops = useful_flops(inputs["config"], tokens) if inputs["config"]["model_type"] in ("llava", "qwen2_vl") else None
     batches = {}
@@ -148,6 +150,7 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--max-batch-cap-gib", type=float, default=None)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     a = ap.parse_args()
     print(json.dumps(run(a.json, a.workdir, a.model, a.family, a.steps, a.warmup,
-                         max_batch_cap_gib=a.max_batch_cap_gib), indent=2))
+                         max_batch_cap_gib=a.max_batch_cap_gib, device=a.device), indent=2))

@@ -35,6 +35,7 @@ SIZES = {
     "small": {"family": "llava", "steps": 2, "warmup": 1, "max_new_tokens": 16, "max_length": 256},
     "bench-mini": {"family": "qwen2_vl", "steps": 2, "warmup": 1, "max_new_tokens": 64, "max_length": 1024},
     "bench-vocab": {"family": "qwen2_vl", "steps": 2, "warmup": 1, "max_new_tokens": 64, "max_length": 1024},
+    "qwen2-vl-2b": {"family": "qwen2_vl", "steps": 3, "warmup": 1, "max_new_tokens": 128, "max_length": 1024},
 }
 
 
@@ -84,7 +85,7 @@ def assemble(results: dict[str, dict[str, Any]], machine: dict[str, Any], model:
 def run(out_json: Path, workdir: Path, steps: int | None = None, warmup: int | None = None, num_prompts: int = 4,
         group_size: int = 4, max_new_tokens: int | None = None, beta: float = 0.04, learning_rate: float = 1e-6,
         threads: int = 2, sides: tuple[str, ...] = ("vlalign", "trl"), size: str = "small",
-        family: str | None = None) -> dict[str, Any]:
+        family: str | None = None, device: str = "cpu", vllm: bool = False) -> dict[str, Any]:
     preset = SIZES[size]
     family = family or preset["family"]
     steps, warmup = steps or preset["steps"], warmup or preset["warmup"]
@@ -96,7 +97,8 @@ def run(out_json: Path, workdir: Path, steps: int | None = None, warmup: int | N
     settings = {"size": size, "family": family, "steps": steps, "warmup_steps": warmup, "num_prompts": num_prompts,
                 "group_size": group_size, "max_new_tokens": max_new_tokens, "beta": beta,
                 "learning_rate": learning_rate, "threads": threads, "max_length": preset["max_length"],
-                "precision": "fp32", "fine_tuning": "full", "vllm": False, "tokens": token_summary(tokens)}
+                "device": device, "dtype": "bfloat16" if device == "cuda" else "float32", "fine_tuning": "full",
+                "vllm": vllm, "tokens": token_summary(tokens)}
     spec = {"model": str(inputs["model_dir"]), "prompts": str(inputs["prompts"]), "seed": 0,
             **{k: v for k, v in settings.items() if k != "tokens"}}
     results, machine = run_sides("grpo", SIDES, sides, spec, workdir, RESULT_KEYS)
@@ -139,6 +141,8 @@ if __name__ == "__main__":
     ap.add_argument("--json", type=Path, default=Path("bench/results/grpo_vs_trl.json"))
     ap.add_argument("--workdir", type=Path, default=Path("runs/bench"))
     ap.add_argument("--model", default="small", choices=list(SIZES))
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--vllm", action="store_true", help="both sides sample with vLLM (GPU, vllm installed)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2,
@@ -150,5 +154,5 @@ if __name__ == "__main__":
         print(json.dumps(run_ablation(a.json, a.workdir, steps=a.steps or 4, warmup=a.warmup or 1, threads=a.threads),
                          indent=2))
     else:
-        print(json.dumps(run(a.json, a.workdir, steps=a.steps, warmup=a.warmup, threads=a.threads, size=a.model),
-                         indent=2))
+        print(json.dumps(run(a.json, a.workdir, steps=a.steps, warmup=a.warmup, threads=a.threads, size=a.model,
+                             device=a.device, vllm=a.vllm), indent=2))

@@ -42,16 +42,27 @@ REAL = {
 }
 
 
+# The real checkpoint's dimensions, random weights in bf16, from the public config (GPU benchmark only).
+FROM_CONFIG = {"qwen2-vl-2b": ("qwen2_vl", Path(__file__).resolve().parent / "configs" / "qwen2_vl_2b.json")}
+REAL_SHAPE_SIZES = ("bench-mini", "bench-vocab", *FROM_CONFIG)
+
+
 def composition(family: str, size: str) -> Composition:
-    return REAL[family] if size.startswith("bench-") else SHAPES_ONLY
+    return REAL[family] if size in REAL_SHAPE_SIZES else SHAPES_ONLY
 
 
 def build_model(workdir: Path, family: str, size: str) -> Path:
     model_dir = workdir / f"{size}_{family}"
     if not (model_dir / "config.json").exists():
-        from vlalign.models.tiny import build_tiny
+        from vlalign.models.tiny import build_tiny, spec_from_config
 
-        build_tiny(family, model_dir, size=size)
+        if size in FROM_CONFIG:
+            config_family, path = FROM_CONFIG[size]
+            if family != config_family:
+                raise ValueError(f"--model {size} is a {config_family} model, not {family}")
+            build_tiny(family, model_dir, spec=spec_from_config(json.loads(path.read_text())), dtype="bfloat16")
+        else:
+            build_tiny(family, model_dir, size=size)
     return model_dir
 
 

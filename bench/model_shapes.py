@@ -48,6 +48,24 @@ def miniature_config(family: str, size: str) -> tuple[dict[str, Any], int]:
     return model.config.to_dict(), sum(p.numel() for p in model.parameters())
 
 
+def check_from_config(family: str = "qwen2_vl") -> dict[str, Any]:
+    """Build (on the meta device) the model ``--model qwen2-vl-2b`` makes from the public config and
+    check that its FLOP-relevant dimensions are the config's; returns its row of the table."""
+    import torch
+
+    from vlalign.models.tiny import TINY_FAMILIES, spec_from_config
+
+    real = real_config(family)
+    with torch.device("meta"):
+        model, _ = TINY_FAMILIES.get(family)(spec_from_config(real), 0)
+    built = arch_from_config(model.config.to_dict())
+    want = arch_from_config(real)
+    if built != want:
+        raise SystemExit(f"the model built from {REAL[family][1]} differs from it:\n built {built}\n config {want}")
+    return row(f"{REAL[family][0]} (built from config, untied head)", family, model.config.to_dict(),
+               sum(p.numel() for p in model.parameters()))
+
+
 def pair_parts(arch: Arch, family: str) -> dict[str, float]:
     """Forward FLOPs of one DPO pair at the family's mean composition, in 4 parts."""
     comp = COMPOSITION[family]
@@ -102,7 +120,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--check-config", action="store_true",
+                    help="only check that --model qwen2-vl-2b builds with the public config's dimensions")
     args = ap.parse_args()
+    if args.check_config:
+        print(markdown([check_from_config()]))
+        raise SystemExit(0)
     rows = table()
     print(markdown(rows))
     if args.json:

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from common import cuda_sync
+
 PHASES = ("data", "generation", "reference", "forward", "backward", "optimizer")
 
 
@@ -60,10 +62,12 @@ class PhaseClock:
         self._undo.append(lambda: setattr(owner, attr, original))
 
     def start(self, name: str) -> None:
+        cuda_sync()
         self._active = name
         self._t0 = (time.perf_counter(), time.process_time())
 
     def stop(self) -> None:
+        cuda_sync()
         name, (w0, c0) = self._active, self._t0
         self.wall[name] += time.perf_counter() - w0
         self.cpu[name] += time.process_time() - c0

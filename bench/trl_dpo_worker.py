@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     StepClock,
     count_params,
+    gpu_memory,
     memory_report,
     read_rows,
     read_spec,
@@ -80,14 +81,14 @@ def main() -> None:
         gradient_checkpointing=False,
         bf16=False,
         fp16=False,
-        use_cpu=True,
+        use_cpu=spec.get("device", "cpu") == "cpu",
         logging_steps=1,
         save_strategy="no",
         report_to="none",
         dataloader_num_workers=0,
         seed=spec["seed"],
         disable_tqdm=True,
-        model_init_kwargs={"dtype": torch.float32},
+        model_init_kwargs={"dtype": getattr(torch, spec.get("dtype", "float32"))},  # weights in it, no autocast
     )
     tokens: list[int] = []
     trainer = DPOTrainer(model=spec["model"], args=args, train_dataset=dataset, processing_class=processor)
@@ -122,6 +123,7 @@ def main() -> None:
         "phases": phases.report(e2e["e2e_s"], e2e["e2e_cpu_s"]),
         **params,
         **memory_report(baseline, rss_snapshot()["hwm_mb"]),
+        **gpu_memory(),
     }
     write_result(out, result)
 

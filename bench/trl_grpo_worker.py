@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import StepClock, memory_report, read_rows, read_spec, rss_snapshot, write_result
+from common import StepClock, gpu_memory, memory_report, read_rows, read_spec, rss_snapshot, write_result
 from phases import PhaseClock, model_classes
 
 
@@ -67,7 +67,10 @@ def main() -> None:
         max_completion_length=spec["max_new_tokens"],
         temperature=1.0,
         beta=spec["beta"],
-        use_vllm=False,
+        use_vllm=bool(spec.get("vllm")),
+        vllm_mode="colocate",  # one GPU: vLLM shares it with training
+        vllm_gpu_memory_utilization=0.3,
+        vllm_max_model_length=2048,
         max_steps=total,
         learning_rate=spec["learning_rate"],
         lr_scheduler_type="constant",
@@ -75,14 +78,14 @@ def main() -> None:
         max_grad_norm=1.0,
         gradient_checkpointing=False,
         bf16=False,
-        use_cpu=True,
+        use_cpu=spec.get("device", "cpu") == "cpu",
         logging_steps=1,
         save_strategy="no",
         report_to="none",
         dataloader_num_workers=0,
         seed=spec["seed"],
         disable_tqdm=True,
-        model_init_kwargs={"dtype": torch.float32},
+        model_init_kwargs={"dtype": getattr(torch, spec.get("dtype", "float32"))},  # weights in it, no autocast
     )
     processor = AutoProcessor.from_pretrained(spec["model"])
     trainer = GRPOTrainer(model=spec["model"], reward_funcs=shapes_reward, args=args, train_dataset=dataset,
@@ -109,6 +112,7 @@ def main() -> None:
         "phases": phases.report(e2e["e2e_s"], e2e["e2e_cpu_s"]),
         "reference": "second model copy (beta > 0)",
         **memory_report(baseline, rss_snapshot()["hwm_mb"]),
+        **gpu_memory(),
     }
     write_result(out, result)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import StepClock, memory_report, read_spec, rss_snapshot, steady_rate, write_result
+from common import StepClock, gpu_memory, memory_report, read_spec, rss_snapshot, steady_rate, write_result
 from phases import PhaseClock, model_classes
 
 
@@ -50,7 +50,7 @@ def main() -> None:
     cfg = DPOConfig(
         output_dir=str(run_dir),
         seed=spec["seed"],
-        model={"name_or_path": spec["model"], "dtype": "float32", "gradient_checkpointing": False},
+        model={"name_or_path": spec["model"], "dtype": spec.get("dtype", "float32"), "gradient_checkpointing": False},
         data={"train": spec["data"], "limit": spec["rows"], "max_length": spec["max_length"]},
         per_device_batch_size=spec["batch_size"],
         gradient_accumulation_steps=1,
@@ -93,6 +93,7 @@ def main() -> None:
         "reference": "log-probs scored once before step 1 (on-disk cache), no second model",
         "phases": phases.report(e2e["e2e_s"], e2e["e2e_cpu_s"]),
         **memory_report(baseline, rss_snapshot()["hwm_mb"]),
+        **gpu_memory(),
     }
     write_result(out, result)
 

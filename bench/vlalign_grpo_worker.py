@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import StepClock, memory_report, read_spec, rss_snapshot, write_result
+from common import StepClock, gpu_memory, memory_report, read_spec, rss_snapshot, write_result
 from phases import PhaseClock, model_classes
 from vlalign_dpo_worker import grad_phase
 
@@ -44,7 +44,7 @@ def main() -> None:
     cfg = GRPOConfig(
         output_dir=str(run_dir),
         seed=spec["seed"],
-        model={"name_or_path": spec["model"], "dtype": "float32", "gradient_checkpointing": False},
+        model={"name_or_path": spec["model"], "dtype": spec.get("dtype", "float32"), "gradient_checkpointing": False},
         data={"train": spec["prompts"], "max_length": spec["max_length"]},
         per_device_batch_size=spec["num_prompts"],
         max_steps=total,
@@ -52,7 +52,8 @@ def main() -> None:
         lr_scheduler="constant",
         mixed_precision="no",
         rollout={"num_samples": spec["group_size"], "max_new_tokens": spec["max_new_tokens"], "temperature": 1.0,
-                 "prefill": spec.get("rollout_prefill", "auto")},
+                 "prefill": spec.get("rollout_prefill", "auto"), "backend": "vllm" if spec.get("vllm") else "hf",
+                 "vllm_kwargs": {"gpu_memory_utilization": 0.3, "max_model_len": 2048}},  # as on the TRL side
         forward=spec.get("forward", "auto"),  # the ablation (grpo_vs_trl.py --ablation) sets these two
         reward={"name": "shapes_rules"},
         kl_coef=spec["beta"],
@@ -92,6 +93,7 @@ def main() -> None:
         "forward": f"{cfg.forward} (shared_prefix = each group's prompt + image scored once)",
         "rollout_prefill": f"{cfg.rollout.prefill} (auto = prompt + image prefilled once per group, KV cache x K)",
         **memory_report(baseline, rss_snapshot()["hwm_mb"]),
+        **gpu_memory(),
     }
     write_result(out, result)
 

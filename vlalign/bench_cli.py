@@ -54,6 +54,17 @@ def _sides(text: str, known: tuple[str, ...]) -> tuple[str, ...]:
     return sides
 
 
+def _device(name: str) -> str:
+    if name not in ("cpu", "cuda"):
+        fail(f"--device {name!r}: cpu or cuda")
+    if name == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            fail("--device cuda: no CUDA GPU is visible to torch")
+    return name
+
+
 def _summary(report: dict, keys: tuple[str, ...], ratios: tuple[str, ...]) -> str:
     lines = []
     for side in ("vlalign", "vlalign_lean", "trl"):
@@ -72,8 +83,10 @@ GRPO_JSON = typer.Option(Path("bench/results/grpo_vs_trl.json"), "--json", help=
 STEPS = typer.Option(None, "--steps", min=1, help="measured steps after the warm-up (default: per --model)")
 WARMUP = typer.Option(None, "--warmup", min=1, help="warm-up steps, not in the steady rate (default: per --model)")
 MODEL = typer.Option("small", "--model", help="tiny (seconds) | small (30M LLaVA) | bench-mini (a 2B checkpoint's "
-                     "shapes) | bench-vocab (its real vocabulary); built by `vlalign tiny-model`")
+                     "shapes) | bench-vocab (its real vocabulary), built by `vlalign tiny-model`; qwen2-vl-2b (the "
+                     "real dimensions, random bf16 weights: GPU)")
 FAMILY = typer.Option(None, "--family", help="llava | qwen2_vl (default: llava for tiny/small, qwen2_vl for bench-*)")
+DEVICE = typer.Option("cpu", "--device", help="cpu (fp32) | cuda (bf16 weights on both sides; bench/gpu.sh)")
 DPO_SIDES = ("vlalign", "vlalign_lean", "trl")
 GRPO_SIDES = ("vlalign", "trl")
 
@@ -91,6 +104,7 @@ def bench_dpo(
     max_batch_cap_gib: float | None = typer.Option(
         None, "--max-batch-cap-gib", help="also find each side's largest batch under this resident-memory cap "
         "(2-step probes in subprocesses, bisection; long)"),
+    device: str = DEVICE,
 ) -> None:
     """Time to train one DPO epoch, vlalign vs TRL's DPOTrainer (same model, rows, hyper-parameters)."""
     from vlalign.cli_common import offline_by_default
@@ -102,7 +116,7 @@ def bench_dpo(
     if model not in script.SIZES:
         fail(f"--model {model!r}: choose one of {', '.join(script.SIZES)}")
     report = script.run(json_out, workdir, size=model, family=family, steps=steps, warmup=warmup, sides=chosen,
-                        max_batch_cap_gib=max_batch_cap_gib)
+                        max_batch_cap_gib=max_batch_cap_gib, device=_device(device))
     typer.echo(_summary(report, ("e2e_s", "pairs_per_s", "peak_above_baseline_mb", "fraction_of_peak_steady"),
                         ("speedup_e2e", "speedup_steady", "memory_above_baseline_ratio", "max_batch_ratio")))
     typer.echo(f"wrote {json_out}")
@@ -118,6 +132,8 @@ def bench_grpo(
     model: str = MODEL,
     family: str | None = FAMILY,
     sides: str = typer.Option(",".join(GRPO_SIDES), "--sides", help="which sides to run, in this order"),
+    device: str = DEVICE,
+    vllm: bool = typer.Option(False, "--vllm", help="both sides sample with vLLM, colocated (CUDA, vllm installed)"),
 ) -> None:
     """GRPO s/step and generated tokens/s, vlalign vs TRL's GRPOTrainer (4 prompts × 4 samples)."""
     from vlalign.cli_common import offline_by_default
@@ -128,7 +144,8 @@ def bench_grpo(
     script = load_bench_script("grpo_vs_trl")
     if model not in script.SIZES:
         fail(f"--model {model!r}: choose one of {', '.join(script.SIZES)}")
-    report = script.run(json_out, workdir, steps=steps, warmup=warmup, sides=chosen, size=model, family=family)
+    report = script.run(json_out, workdir, steps=steps, warmup=warmup, sides=chosen, size=model, family=family,
+                        device=_device(device), vllm=vllm)
     typer.echo(_summary(report, ("s_per_step", "e2e_s", "peak_above_baseline_mb", "fraction_of_peak"),
                         ("speedup", "speedup_cpu", "speedup_e2e", "memory_above_baseline_ratio")))
     typer.echo(f"wrote {json_out}")

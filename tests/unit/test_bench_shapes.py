@@ -74,3 +74,20 @@ def test_bench_mini_keeps_the_real_checkpoints_flop_balance(family):
     for key in ("share_layers", "share_output_layer", "share_vision"):
         assert abs(mini[key] - real[key]) < 0.03, (key, mini[key], real[key])
     assert mini["image_tokens"] == real["image_tokens"]
+
+
+def test_qwen2_vl_2b_builds_from_the_shipped_config():
+    """`--model qwen2-vl-2b` (bench/gpu.sh) has the public config's dimensions: built on the meta device,
+    2,209M parameters of Qwen2-VL-2B + its 233M output layer untied (1536 × 151,936) = 2,442M."""
+    row = shapes.check_from_config()
+    assert round(row["params"] / 1e6) == 2442
+    assert row["vocab"] == 151936 and row["image_tokens"] == 256
+
+
+def test_gpu_script_parses_and_knows_its_modes():
+    import subprocess
+
+    script = BENCH / "gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    bad = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "usage" in bad.stderr

@@ -11,13 +11,14 @@ it with ``save_pretrained`` so that it loads back through ``AutoModelForImageTex
 from __future__ import annotations
 
 from vlalign.models.tiny.core import (
-           FAMILY_SIZES,
-           TINY_FAMILIES,
-           TINY_SIZES,
-           SizeSpec,
-           build_tiny,
-           size_names,
-           size_spec,
+    FAMILY_SIZES,
+    TINY_FAMILIES,
+    TINY_SIZES,
+    SizeSpec,
+    build_tiny,
+    size_names,
+    size_spec,
+    spec_from_config,
 )
 
 # Importing the family modules registers their builders.
@@ -28,4 +29,4 @@ from vlalign.models.tiny import idefics3, llava, qwen2_vl  # noqa: F401  isort: 
 ARCHITECTURES: tuple[str, ...] = ("llava", "qwen2_vl", "idefics3")
 
 __all__ = ["ARCHITECTURES", "FAMILY_SIZES", "TINY_FAMILIES", "TINY_SIZES", "SizeSpec", "build_tiny", "size_names",
-           "size_spec"]
+           "size_spec", "spec_from_config"]

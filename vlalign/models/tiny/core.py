@@ -88,8 +88,23 @@ def size_spec(family: str, size: str) -> SizeSpec:
     return per_family[family]
 
 
-def build_tiny(family: str, out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Build a random ``family`` model of ``size``, save model + processor into ``out_dir``; return it.
+def spec_from_config(config: dict[str, Any]) -> SizeSpec:
+    """The :class:`SizeSpec` of a Qwen2-VL ``config.json`` (nested text/vision configs, as in
+    ``bench/configs/qwen2_vl_2b.json``): its real dimensions and vocabulary, 448-pixel images."""
+    t, v = config["text_config"], config["vision_config"]
+    return SizeSpec(
+        text_hidden=t["hidden_size"], text_layers=t["num_hidden_layers"], text_heads=t["num_attention_heads"],
+        text_intermediate=t["intermediate_size"], vision_hidden=v["embed_dim"], vision_layers=v["depth"],
+        vision_heads=v["num_heads"], vision_intermediate=int(v["embed_dim"] * v["mlp_ratio"]),
+        vocab_size=t["vocab_size"], image_size=448, patch_size=v["patch_size"],
+        text_kv_heads=t["num_key_value_heads"], pad_vocab_to=t["vocab_size"],
+    )
+
+
+def build_tiny(family: str, out_dir: str | Path, size: str = "tiny", seed: int = 0, spec: SizeSpec | None = None,
+               dtype: str = "float32") -> Path:
+    """Build a random ``family`` model of ``size`` (or of the dimensions ``spec``), save model +
+    processor into ``out_dir`` with weights in ``dtype``; return the folder.
 
     The result loads with ``AutoModelForImageTextToText.from_pretrained(out_dir)`` and
     ``AutoProcessor.from_pretrained(out_dir)`` with ``HF_HUB_OFFLINE=1``.
@@ -97,9 +112,10 @@ def build_tiny(family: str, out_dir: str | Path, size: str = "tiny", seed: int =
     import torch
 
     builder = TINY_FAMILIES.get(family)
-    spec = size_spec(family, size)
+    spec = spec or size_spec(family, size)
     torch.manual_seed(seed)
     model, processor = builder(spec, seed)
+    model = model.to(getattr(torch, dtype))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
