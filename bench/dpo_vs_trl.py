@@ -29,10 +29,10 @@ from flops import arch_from_config, dpo_pair_flops
 from inputs import prepare_inputs, token_summary
 from maxbatch import max_batch
 
-# vlalign_lean: vlalign with ``release_freed_memory`` (glibc returns every freed block >= 128 KiB to the OS:
-# lower peak RSS, slower steps); run it with sides=("vlalign", "vlalign_lean", "trl").
+# vlalign_lean: vlalign with its vision tower recomputed in the backward pass (vlalign.models.recompute: same
+# gradients, fewer kept activations, one more vision forward per step); run it with --sides vlalign,vlalign_lean,trl.
 SIDES = {"vlalign": "vlalign_dpo_worker.py", "vlalign_lean": "vlalign_dpo_worker.py", "trl": "trl_dpo_worker.py"}
-SIDE_SPECS = {"vlalign": {"release_freed_memory": False}, "vlalign_lean": {"release_freed_memory": True}}
+SIDE_SPECS = {"vlalign": {"recompute_vision": False}, "vlalign_lean": {"recompute_vision": True}}
 RESULT_KEYS = ("e2e_s", "pairs_per_s", "peak_rss_mb", "peak_above_baseline_mb")
 
 # Per model size: family, measured steps, warm-up steps, max_length (never cuts a response of these rows).

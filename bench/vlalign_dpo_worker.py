@@ -25,6 +25,23 @@ def grad_phase(*args, **kwargs) -> str:
     return "forward" if torch.is_grad_enabled() else "reference"
 
 
+def recompute_vision_on_load() -> None:
+    """The "vlalign_lean" side: every model the trainer loads gets its vision tower recomputed in the
+    backward pass (vlalign.models.recompute; what ``model.gradient_checkpointing: vision`` does once a
+    trainer exposes it)."""
+    from vlalign.models import load
+    from vlalign.models.recompute import recompute_vision_tower
+
+    original = load.load_model
+
+    def load_model(cfg, *args, **kwargs):
+        loaded = original(cfg, *args, **kwargs)
+        recompute_vision_tower(loaded.model)
+        return loaded
+
+    load.load_model = load_model
+
+
 def main() -> None:
     spec, out = read_spec()
     import torch
@@ -38,6 +55,8 @@ def main() -> None:
     from vlalign.trainers.dpo import train_dpo
     from vlalign.trainers.logging import read_metrics
 
+    if spec.get("recompute_vision"):
+        recompute_vision_on_load()
     phases = PhaseClock()
     # output-layer log-probs run after the model call: forward (policy) or reference (no gradient)
     heads = [(m, "head_logprobs", grad_phase) for m in (logprobs, shared_prefix, group_prefix)]
@@ -68,7 +87,7 @@ def main() -> None:
         progress=False,
         save_steps=0,
         save_merged=False,
-        release_freed_memory=spec.get("release_freed_memory", False),  # the "vlalign_lean" side sets it
+        release_freed_memory=spec.get("release_freed_memory", False),
     )
     clock = StepClock()
     clock.start()
@@ -91,6 +110,7 @@ def main() -> None:
         "loss_first": rows[0]["loss"] if rows else None,
         "loss_last": rows[-1]["loss"] if rows else None,
         "reference": "log-probs scored once before step 1 (on-disk cache), no second model",
+        "recompute_vision": bool(spec.get("recompute_vision")),
         "phases": phases.report(e2e["e2e_s"], e2e["e2e_cpu_s"]),
         **memory_report(baseline, rss_snapshot()["hwm_mb"]),
         **gpu_memory(),

@@ -100,7 +100,8 @@ def bench_dpo(
     workdir: Path = WORKDIR,
     model: str = MODEL,
     family: str | None = FAMILY,
-    sides: str = typer.Option("vlalign,trl", "--sides", help="which of vlalign, vlalign_lean, trl to run, in order"),
+    sides: str = typer.Option("vlalign,trl", "--sides", help="which of vlalign, vlalign_lean (vision tower "
+                              "recomputed in backward), trl to run, in order"),
     max_batch_cap_gib: float | None = typer.Option(
         None, "--max-batch-cap-gib", help="also find each side's largest batch under this resident-memory cap "
         "(2-step probes in subprocesses, bisection; long)"),

@@ -150,14 +150,14 @@ def test_dpo_report_gives_the_lean_side_and_max_batch_their_ratios():
 
 def test_each_side_gets_its_own_spec(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr(common, "machine_info", lambda threads: {"threads": threads})
+    monkeypatch.setattr(common, "machine_info", lambda threads, device="cpu": {"threads": threads})
     monkeypatch.setattr(common, "package_versions", lambda names: {})
     monkeypatch.setattr(common, "run_worker", lambda script, spec, workdir: seen.setdefault(workdir.name, spec) and {})
     common.run_sides("dpo", dpo.SIDES, ("vlalign", "vlalign_lean", "trl"), {"threads": 2, "steps": 3}, tmp_path, (),
                      dpo.SIDE_SPECS)
-    assert seen["dpo_vlalign"]["release_freed_memory"] is False
-    assert seen["dpo_vlalign_lean"]["release_freed_memory"] is True
-    assert "release_freed_memory" not in seen["dpo_trl"] and seen["dpo_trl"]["steps"] == 3
+    assert seen["dpo_vlalign"]["recompute_vision"] is False
+    assert seen["dpo_vlalign_lean"]["recompute_vision"] is True
+    assert "recompute_vision" not in seen["dpo_trl"] and seen["dpo_trl"]["steps"] == 3
 
 
 def test_dpo_report_keeps_a_failed_side():
