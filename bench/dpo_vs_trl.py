@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ratio, run_sides
-from flops import arch_from_config, dpo_pair_flops
+from flops import arch_from_config, dpo_pair_flops, padded_tokens, trl_dpo_pair_flops
 from inputs import prepare_inputs, token_summary
 from maxbatch import max_batch
 
@@ -48,14 +48,26 @@ TARGETS = {"speedup_e2e_min": {"bench-mini": 4.0, "bench-vocab": 10.0}, "useful_
            "memory_above_baseline_ratio_max": 0.4, "max_batch_ratio_min": 4.0}
 
 
-def useful_flops(config: dict[str, Any], tokens: list[dict[str, int]]) -> dict[str, float]:
+def useful_flops(config: dict[str, Any], tokens: list[dict[str, int]], batch_size: int) -> dict[str, float]:
     """Needed FLOPs of the rows (bench/flops.py): per pair mean of one training step's work (3 forwards)
-    and the epoch total (4 forwards per pair: policy forward + backward, reference once)."""
+    and the epoch total (4 forwards per pair: policy forward + backward, reference once). Beside them,
+    what TRL computes for the same rows (two rows per pair, padding apart) — ``trl_work_ratio`` is the
+    speed-up vlalign would have at equal kernel efficiency — and each layout's padding share when
+    consecutive rows are batched (vlalign: one packed row per pair; TRL: chosen and rejected rows)."""
     arch = arch_from_config(config)
-    per_pair = [dpo_pair_flops(arch, t["prompt"], t["chosen"], t["rejected"], image_positions(arch, t["image"]),
-                               t["image"]) for t in tokens]
-    return {"train_per_pair": sum(p["train"] for p in per_pair) / len(per_pair),
-            "epoch": sum(p["epoch"] for p in per_pair)}
+    need, trl = [], []
+    for t in tokens:
+        args = (arch, t["prompt"], t["chosen"], t["rejected"], image_positions(arch, t["image"]), t["image"])
+        need.append(dpo_pair_flops(*args))
+        trl.append(trl_dpo_pair_flops(*args))
+    packed = [t["prompt"] + t["chosen"] + t["rejected"] for t in tokens]
+    rows = [n for t in tokens for n in (t["prompt"] + t["chosen"], t["prompt"] + t["rejected"])]
+    real_v, pad_v = padded_tokens(packed, batch_size)
+    real_t, pad_t = padded_tokens(rows, 2 * batch_size)  # a pair's two rows sit in the same batch
+    epoch, trl_epoch = sum(p["epoch"] for p in need), sum(p["epoch"] for p in trl)
+    return {"train_per_pair": sum(p["train"] for p in need) / len(need), "epoch": epoch,
+            "trl_epoch": trl_epoch, "trl_work_ratio": round(trl_epoch / epoch, 3),
+            "padding_share_vlalign": round(1 - real_v / pad_v, 3), "padding_share_trl": round(1 - real_t / pad_t, 3)}
 
 
 def image_positions(arch: Any, image_tokens: int) -> list[int]:
@@ -64,15 +76,25 @@ def image_positions(arch: Any, image_tokens: int) -> list[int]:
     return [image_tokens * arch.merge**2 + arch.cls_token] if image_tokens else []
 
 
-def side_flops(side: dict[str, Any], flops: dict[str, float], peak_gflops: float | None) -> dict[str, Any]:
-    """Useful GFLOP/s of one side: steady (train work per pair × pairs/s) and end to end (epoch / time)."""
+def side_flops(side: dict[str, Any], flops: dict[str, float], machine: dict[str, Any]) -> dict[str, Any]:
+    """Useful GFLOP/s of one side: steady (train work per pair × pairs/s) and end to end (epoch / time),
+    against the matmul probe; the same per CPU-second against the probe's GFLOP per CPU-second (on a
+    loaded machine the CPU-time reading is the one to trust)."""
     if "error" in side:
         return {}
-    steady = flops["train_per_pair"] * side["pairs_per_s"] / 1e9 if side.get("pairs_per_s") else None
-    e2e = flops["epoch"] / side["e2e_s"] / 1e9 if side.get("e2e_s") else None
-    return {"useful_gflops_steady": None if steady is None else round(steady, 2),
-            "useful_gflops_e2e": None if e2e is None else round(e2e, 2),
-            "fraction_of_peak_steady": ratio(steady, peak_gflops), "fraction_of_peak_e2e": ratio(e2e, peak_gflops)}
+
+    def rate(work: float, per: str) -> float | None:
+        return round(work * side[per] / 1e9, 2) if side.get(per) else None
+
+    steady, steady_cpu = rate(flops["train_per_pair"], "pairs_per_s"), rate(flops["train_per_pair"], "pairs_per_cpu_s")
+    e2e = round(flops["epoch"] / side["e2e_s"] / 1e9, 2) if side.get("e2e_s") else None
+    e2e_cpu = round(flops["epoch"] / side["e2e_cpu_s"] / 1e9, 2) if side.get("e2e_cpu_s") else None
+    peak, peak_cpu = machine.get("matmul_gflops_fp32"), machine.get("matmul_gflops_per_cpu_s")
+    return {"useful_gflops_steady": steady, "useful_gflops_e2e": e2e,
+            "fraction_of_peak_steady": ratio(steady, peak), "fraction_of_peak_e2e": ratio(e2e, peak),
+            "useful_gflops_per_cpu_s_steady": steady_cpu, "useful_gflops_per_cpu_s_e2e": e2e_cpu,
+            "fraction_of_peak_cpu_time_steady": ratio(steady_cpu, peak_cpu),
+            "fraction_of_peak_cpu_time_e2e": ratio(e2e_cpu, peak_cpu)}
 
 
 def assemble(results: dict[str, dict[str, Any]], machine: dict[str, Any], model: dict[str, Any],
@@ -80,11 +102,10 @@ def assemble(results: dict[str, dict[str, Any]], machine: dict[str, Any], model:
              max_batches: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The report: per-side numbers, vlalign/TRL ratios, useful FLOP/s vs the matmul probe, targets."""
     vl, lean, trl = results.get("vlalign", {}), results.get("vlalign_lean", {}), results.get("trl", {})
-    peak = machine.get("matmul_gflops_fp32")
     report: dict[str, Any] = {**results}
     if flops:
         for side in results.values():
-            side.update(side_flops(side, flops, peak))
+            side.update(side_flops(side, flops, machine))
     mb = max_batches or {}
     report.update({
         "speedup_e2e": ratio(trl.get("e2e_s"), vl.get("e2e_s")),
@@ -127,7 +148,8 @@ def run(out_json: Path, workdir: Path, size: str = "small", family: str | None =
             "batch_size": batch_size, "warmup_steps": warmup, "max_length": preset["max_length"],
             "learning_rate": learning_rate, "beta": beta, "threads": threads, "device": device, "dtype": dtype}
     results, machine = run_sides("dpo", SIDES, sides, spec, workdir, RESULT_KEYS, SIDE_SPECS)
-    flops = useful_flops(inputs["config"], tokens) if inputs["config"]["model_type"] in ("llava", "qwen2_vl") else None
+    known = inputs["config"]["model_type"] in ("llava", "qwen2_vl")
+    flops = useful_flops(inputs["config"], tokens, batch_size) if known else None
     batches = {}
     if max_batch_cap_gib:
         for name in sides:

@@ -202,3 +202,32 @@ def shares(parts: dict[str, float]) -> dict[str, float]:
     """Each part's fraction of the total, rounded to 3 digits."""
     t = total(parts)
     return {k: round(v / t, 3) if t else math.nan for k, v in parts.items()}
+
+
+def trl_dpo_pair_flops(arch: Arch, prompt: int, chosen: int, rejected: int, image_positions: Sequence[int],
+                       image_tokens: int) -> dict[str, float]:
+    """What TRL 1.16's DPOTrainer computes for one pair (padding apart): chosen and rejected as two rows,
+    each with the whole prompt and its own pass through the vision tower, the output layer on the
+    completion tokens only (its fused LM head), for the policy (3×) and the reference model (1×)."""
+    row_c = total(forward_flops(arch, prompt, [chosen], image_positions, image_tokens))
+    row_r = total(forward_flops(arch, prompt, [rejected], image_positions, image_tokens))
+    fwd = row_c + row_r
+    return {"forward": fwd, "train": 3.0 * fwd, "reference": fwd, "epoch": 4.0 * fwd}
+
+
+def padded_tokens(lengths: Sequence[int], batch: int) -> tuple[int, int]:
+    """(tokens, tokens after padding every batch of consecutive rows to its longest) for row lengths."""
+    real = sum(lengths)
+    padded = sum(max(lengths[i : i + batch]) * len(lengths[i : i + batch]) for i in range(0, len(lengths), batch))
+    return real, padded
+
+
+def trl_grpo_group_flops(arch: Arch, prompt: int, new_tokens: Sequence[int], image_positions: Sequence[int],
+                         image_tokens: int, kl: bool = True) -> dict[str, float]:
+    """What TRL 1.16's GRPOTrainer computes for one group (padding apart): each of the K samples as its
+    own row — prompt and image prefilled K times for generation, and K full rows through the reference
+    model and the policy (forward + backward)."""
+    gen = sum(generation_flops(arch, prompt, [r], image_positions, image_tokens) for r in new_tokens)
+    fwd = sum(total(forward_flops(arch, prompt, [r], image_positions, image_tokens)) for r in new_tokens)
+    ref = fwd if kl else 0.0
+    return {"generation": gen, "reference": ref, "train": 3.0 * fwd, "step": gen + ref + 3.0 * fwd}

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ratio, run_sides, run_worker
 from dpo_vs_trl import image_positions
-from flops import arch_from_config, grpo_group_flops
+from flops import arch_from_config, grpo_group_flops, trl_grpo_group_flops
 from inputs import prepare_inputs, token_summary
 
 SIDES = {"vlalign": "vlalign_grpo_worker.py", "trl": "trl_grpo_worker.py"}
@@ -40,13 +40,14 @@ SIZES = {
 
 
 def step_flops(config: dict[str, Any], tokens: list[dict[str, int]], num_prompts: int, group_size: int,
-               new_tokens: float, kl: bool) -> float:
-    """Needed FLOPs of one GRPO step (bench/flops.py): ``num_prompts`` groups of the mean prompt, each
-    sampling ``group_size`` responses of ``new_tokens`` tokens, then reference and policy passes."""
+               new_tokens: float, kl: bool, layout: Any = grpo_group_flops) -> float:
+    """FLOPs of one GRPO step (bench/flops.py): ``num_prompts`` groups of the mean prompt, each sampling
+    ``group_size`` responses of ``new_tokens`` tokens, then reference and policy passes; ``layout`` =
+    the needed work (default) or what TRL computes (``trl_grpo_group_flops``)."""
     arch = arch_from_config(config)
     prompt = round(sum(t["prompt"] for t in tokens) / len(tokens))
     image = round(sum(t["image"] for t in tokens) / len(tokens))
-    group = grpo_group_flops(arch, prompt, [round(new_tokens)] * group_size, image_positions(arch, image), image, kl)
+    group = layout(arch, prompt, [round(new_tokens)] * group_size, image_positions(arch, image), image, kl)
     return num_prompts * group["step"]
 
 
@@ -64,8 +65,15 @@ def assemble(results: dict[str, dict[str, Any]], machine: dict[str, Any], model:
             warm = settings["warmup_steps"]
             new = sum(side["generated_tokens_per_step"][warm:]) / len(side["generated_tokens_per_step"][warm:]) / samples
             flops = step_flops(config, tokens, settings["num_prompts"], settings["group_size"], new, settings["beta"] > 0)
+            trl_work = step_flops(config, tokens, settings["num_prompts"], settings["group_size"], new,
+                                  settings["beta"] > 0, trl_grpo_group_flops)
             side["useful_gflops"] = round(flops / side["s_per_step"] / 1e9, 2)
             side["fraction_of_peak"] = ratio(side["useful_gflops"], peak)
+            if side.get("cpu_s_per_step"):
+                side["useful_gflops_per_cpu_s"] = round(flops / side["cpu_s_per_step"] / 1e9, 2)
+                side["fraction_of_peak_cpu_time"] = ratio(side["useful_gflops_per_cpu_s"],
+                                                          machine.get("matmul_gflops_per_cpu_s"))
+            side["trl_work_ratio"] = round(trl_work / flops, 3)  # what TRL computes / what is needed
     return {
         **results,
         "speedup": ratio(trl.get("s_per_step"), vl.get("s_per_step")),

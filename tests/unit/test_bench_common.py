@@ -113,13 +113,14 @@ def test_read_rows_needs_enough_rows(tmp_path):
         common.read_rows(f, 3)
 
 
-MACHINE = {"cpu": "test", "threads": 2, "matmul_gflops_fp32": 200.0}
+MACHINE = {"cpu": "test", "threads": 2, "matmul_gflops_fp32": 200.0, "matmul_gflops_per_cpu_s": 100.0}
 MODEL = {"family": "llava", "params": 30_000_000, "params_non_embedding": 29_000_000}
 FLOPS = {"train_per_pair": 30e9, "epoch": 8 * 40e9}  # 8 pairs of 40 GFLOP each (4 forwards of 10)
 
 
 def test_dpo_report_schema_and_ratios():
-    vl = {"e2e_s": 20.0, "e2e_cpu_s": 38.0, "pairs_per_s": 2.0, "peak_rss_mb": 700.0, "peak_above_baseline_mb": 300.0}
+    vl = {"e2e_s": 20.0, "e2e_cpu_s": 38.0, "pairs_per_s": 2.0, "pairs_per_cpu_s": 1.0, "peak_rss_mb": 700.0,
+          "peak_above_baseline_mb": 300.0}
     trl = {"e2e_s": 80.0, "e2e_cpu_s": 150.0, "pairs_per_s": 0.5, "peak_rss_mb": 1400.0, "peak_above_baseline_mb": 800.0}
     rep = dpo.assemble({"vlalign": vl, "trl": trl}, MACHINE, MODEL, {"steps": 20}, FLOPS)
     for key in ("vlalign", "trl", "speedup_e2e", "speedup_steady", "memory_ratio", "machine", "model", "targets"):
@@ -131,6 +132,8 @@ def test_dpo_report_schema_and_ratios():
     assert rep["memory_above_baseline_ratio"] == 0.375  # 300 / 800
     # steady: 30 GFLOP per pair × 2 pairs/s = 60 GFLOP/s = 0.3 of the 200 GFLOP/s probe
     assert rep["vlalign"]["useful_gflops_steady"] == 60.0 and rep["vlalign"]["fraction_of_peak_steady"] == 0.3
+    # per CPU-second: 30 GFLOP × 1 pair per CPU-s = 30 GFLOP per CPU-s = 0.3 of the probe's 100 per CPU-s
+    assert rep["vlalign"]["fraction_of_peak_cpu_time_steady"] == 0.3
     # end to end: 320 GFLOP in 80 s = 4 GFLOP/s (TRL)
     assert rep["trl"]["useful_gflops_e2e"] == 4.0 and rep["trl"]["fraction_of_peak_e2e"] == 0.02
     assert rep["max_batch_ratio"] is None
@@ -274,3 +277,20 @@ def test_phase_clock_attributes_calls_to_their_phase():
     assert clock.calls["forward"] == 1 and clock.calls["backward"] == 1
     rep = clock.report(total_wall=10.0, total_cpu=10.0)
     assert rep["other"]["wall_s"] == pytest.approx(10.0 - sum(clock.wall.values()), abs=1e-3)
+
+
+def test_tables_render_dpo_and_grpo_reports(tmp_path):
+    tables = _load("tables")
+    phases = {p: {"wall_s": 1.0, "cpu_s": 1.0, "calls": 1, "share": 0.1} for p in tables.PHASES}
+    vl = {"e2e_s": 20.0, "pairs_per_s": 2.0, "peak_rss_mb": 700.0, "phases": phases,
+          "load_avg_before": [1.0, 1, 1], "load_avg_after": [1.5, 1, 1]}
+    rep = dpo.assemble({"vlalign": vl, "trl": {"e2e_s": 80.0, "pairs_per_s": 0.5, "phases": phases}},
+                       MACHINE, MODEL, {"size": "bench-mini"}, FLOPS)
+    (tmp_path / "dpo.json").write_text(json.dumps(rep))
+    text = tables.render(tmp_path / "dpo.json")
+    assert "| vlalign | 20.0" in text and "| end-to-end speed-up (CPU time) | 4 " in text and "≥ 4" in text
+    assert "1.0→1.5" in text and "| backward | 1.0 s (10%) | 1.0 s (10%) |" in text
+    g = grpo.assemble({"vlalign": {"s_per_step": 1.0, "generated_tokens_per_step": [64, 64]},
+                       "trl": {"s_per_step": 3.0}}, MACHINE, MODEL, {})
+    (tmp_path / "grpo.json").write_text(json.dumps(g))
+    assert "| per step (CPU time) | 3 " in tables.render(tmp_path / "grpo.json")
