@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -82,18 +83,22 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
 
     step(0)  # warm-up
+    faults0, cpu0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         for i in range(1, 1 + args.steps):
             step(i)
         wall = (time.perf_counter() - t0) / args.steps
+    cpu = (time.process_time() - cpu0) / args.steps
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / args.steps
     rows = [(e.key, e.self_cpu_time_total / 1e6 / args.steps, e.count // args.steps) for e in prof.key_averages()]
     total = sum(r[1] for r in rows)
     groups: dict[str, float] = {}
     for key, sec, _ in rows:
         groups[group_of(key)] = groups.get(group_of(key), 0.0) + sec
     rows.sort(key=lambda r: -r[1])
-    print(f"forward={name}  wall/step {wall:.2f} s  profiled self CPU/step {total:.2f} s (threads summed over ops)")
+    print(f"forward={name}  wall/step {wall:.2f} s  CPU/step {cpu:.2f} s  page faults/step {faults:.0f}  "
+          f"profiled self CPU/step {total:.2f} s (threads summed over ops)")
     print("| group | self CPU s/step | share |\n|---|---|---|")
     for g, sec in sorted(groups.items(), key=lambda kv: -kv[1]):
         print(f"| {g} | {sec:.3f} | {sec / total:.1%} |")
@@ -101,7 +106,8 @@ def main() -> None:
     for key, sec, n in rows[:20]:
         print(f"| {key} | {sec:.3f} | {n} | {sec / total:.1%} |")
     if args.json:
-        out: dict[str, Any] = {"forward": name, "wall_s_per_step": wall, "groups": groups,
+        out: dict[str, Any] = {"forward": name, "wall_s_per_step": wall, "cpu_s_per_step": cpu,
+                               "page_faults_per_step": faults, "groups": groups,
                                "top": [{"op": k, "self_cpu_s": s, "calls": n} for k, s, n in rows[:40]]}
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 

@@ -84,15 +84,17 @@ class _ChunkedHeadLogprobs(torch.autograd.Function):
         target_logit = torch.zeros_like(m)  # (N,)
         for r, c in _tiles(n, vocab, rows, cols):
             z, _ = _logits(hidden[r], weight[c], None if bias is None else bias[c], softcap, temperature)  # (n, v)
+            hit, col = _target_in_tile(targets[r], c)
+            target_logit[r.start + hit] = z[hit, col]  # before z is overwritten below
             m_new = torch.maximum(m[r], z.amax(-1))  # (n,)
             scale = torch.exp(m[r] - m_new)  # (n,)  exp(-inf) = 0 on the first tile
-            e = torch.exp(z - m_new[:, None])  # (n, v)
-            s_exp[r] = s_exp[r] * scale + e.sum(-1)
             if want_entropy:
-                s_ez[r] = s_ez[r] * scale + (e * z).sum(-1)
+                e = torch.exp(z - m_new[:, None])  # (n, v)
+                s_exp[r] = s_exp[r] * scale + e.sum(-1)
+                s_ez[r] = s_ez[r] * scale + e.mul_(z).sum(-1)
+            else:  # in place: one tile buffer, two passes
+                s_exp[r] = s_exp[r] * scale + z.sub_(m_new[:, None]).exp_().sum(-1)
             m[r] = m_new
-            hit, col = _target_in_tile(targets[r], c)
-            target_logit[r.start + hit] = z[hit, col]
         lse = m + torch.log(s_exp)  # (N,)
         entropy = lse - s_ez / s_exp if want_entropy else torch.zeros_like(lse)  # H = lse − Σ p·z
         ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
@@ -102,26 +104,30 @@ class _ChunkedHeadLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g_logp: torch.Tensor | None, g_entropy: torch.Tensor | None):
         hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
+        use_entropy = ctx.want_entropy and g_entropy is not None
+        if g_logp is None and not use_entropy:  # neither output reached the loss
+            return (None,) * 9
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         acc = torch.promote_types(weight.dtype, torch.float32)  # gradient accumulation dtype
         grad_h = torch.zeros_like(hidden, dtype=acc) if need_h else None
         grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
         grad_b = torch.zeros_like(bias, dtype=acc) if need_b and bias is not None else None
-        use_entropy = ctx.want_entropy and g_entropy is not None
         for r, c in _tiles(hidden.shape[0], weight.shape[0], ctx.rows, ctx.cols):
             h, w = hidden[r], weight[c]
             z, tanh = _logits(h, w, None if bias is None else bias[c], ctx.softcap, ctx.temperature)  # (n, v)
-            z.sub_(lse[r, None])  # log p
+            z.sub_(lse[r, None])  # log p, in place
             p = z.exp()  # (n, v)
-            dz = torch.zeros_like(z)  # (n, v)
-            if g_logp is not None:
-                g = g_logp[r]  # (n,)
-                dz.addcmul_(p, g[:, None], value=-1.0)  # ∂logp/∂z = onehot − p
-                hit, col = _target_in_tile(targets[r], c)
-                dz[hit, col] += g[hit]
+            # ∂(g·logp_y + g_H·H)/∂z = −p·(g + g_H·(log p + H)) + g·onehot(y)
             if use_entropy:
-                z.add_(entropy[r, None])  # log p + H
-                dz.addcmul_(p * z, g_entropy[r, None], value=-1.0)  # ∂H/∂z = −p (log p + H)
+                coef = z.add_(entropy[r, None]).mul_(g_entropy[r, None])  # g_H·(log p + H), in place
+                if g_logp is not None:
+                    coef.add_(g_logp[r, None])
+                dz = p.mul_(coef).neg_()  # (n, v), in place
+            else:
+                dz = p.mul_(-g_logp[r, None])  # (n, v), in place
+            if g_logp is not None:
+                hit, col = _target_in_tile(targets[r], c)
+                dz[hit, col] += g_logp[r][hit]
             if ctx.temperature != 1.0:
                 dz.div_(ctx.temperature)
             if tanh is not None:
