@@ -114,3 +114,23 @@ def rl_overrides(tmp: Path, model: Path, data: Path, **extra) -> dict:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
     return cfg
+
+
+def hand_run(cfg, policy, modules=None, tmp="unused"):
+    """An RLRun around ``policy`` (and ``modules``) without folder, data or model loading: for checking the
+    trainers' plain functions by hand on tiny policies."""
+    from accelerate import Accelerator
+
+    from vlalign.trainers.common import GlobalTorchState, build_optimizer, build_scheduler
+    from vlalign.trainers.logging import RunLogger
+    from vlalign.trainers.rl_common import RLRun
+
+    acc = Accelerator(cpu=True, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    run = RLRun(cfg, acc, None, GlobalTorchState(), RunLogger(acc, tmp, cfg))
+    run.model = run.policy = policy
+    run.modules = dict(modules or {})
+    run.extra = {}
+    run.uses_reference = cfg.reference != "none" and cfg.kl_coef > 0
+    run.optimizer = build_optimizer(torch.nn.ModuleDict({"policy": policy, **run.modules}), cfg)
+    run.scheduler = build_scheduler(run.optimizer, cfg, 1)
+    return run

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_rl_helpers import prompt_file, rl_overrides, tiny_llava
+from test_rl_helpers import hand_run, prompt_file, rl_overrides, tiny_llava
 
 from vlalign.rollout.experience import Experience
 from vlalign.trainers.logging import read_metrics
@@ -27,7 +27,7 @@ class Bigram(nn.Module):
     def __init__(self, vocab: int = 2) -> None:
         super().__init__()
         self.vocab = vocab
-        self.config = SimpleNamespace(hidden_size=vocab)
+        self.config = SimpleNamespace(hidden_size=vocab, model_type="bigram")
         self.head = nn.Linear(vocab, vocab, bias=False)
         nn.init.zeros_(self.head.weight)  # π uniform: p = (0.5, 0.5)
 
@@ -48,68 +48,77 @@ def _experience(input_ids, response_mask, rewards) -> Experience:
     )
 
 
-def _state(**overrides):
-    from vlalign.trainers.ppo import PPO, PPOConfig
-    from vlalign.trainers.rl_common import RLState
+def _cfg(**overrides):
+    from vlalign.trainers.ppo import PPOConfig
 
-    cfg = PPOConfig.model_validate({
+    return PPOConfig.model_validate({
         "output_dir": "unused", "model": {"name_or_path": "unused"}, "data": {"train": "unused"},
         "reward": {"name": "test_letter"}, "optimizer": "sgd", "learning_rate": 1.0, "lr_scheduler": "constant",
         "max_grad_norm": None, "critic": "separate", "gamma": 1.0, "lam": 1.0, "whiten_advantages": False,
         "kl_coef": 0.0, "reference": "none", "ppo_epochs": 1, "num_minibatches": 1, **overrides,
     })
-    algo = PPO()
-    state = RLState(policy=Bigram(), reference=None, cfg=cfg)
-    algo.setup(state)
-    return algo, state
+
+
+def _run_by_hand(**overrides):
+    from vlalign.trainers.ppo import critics
+
+    cfg = _cfg(**overrides)
+    policy = Bigram()
+    return hand_run(cfg, policy, critics(cfg, ["value"])(policy))
 
 
 def test_one_update_equals_vanilla_policy_gradient_by_hand():
-    from accelerate import Accelerator
+    from vlalign.trainers.ppo import final_advantages, gae_advantages, ppo_loss, rollout_values
+    from vlalign.trainers.rl_common import update
 
-    from vlalign.trainers.common import build_optimizer, build_scheduler
-    from vlalign.trainers.rl_common import _update
-
-    algo, state = _state(clip_eps=0.01)  # a tiny ε: with one update ρ = 1, so clipping must not matter
+    run = _run_by_hand(clip_eps=0.01)  # a tiny ε: with one update ρ = 1, so clipping must not matter
     # Two one-token responses after prompt token 0: row 0 says 1 (reward +1), row 1 says 0 (reward −1).
     exp = _experience([[0, 1], [0, 0]], [[0, 1], [0, 1]], [1.0, -1.0])
-    exp, _ = algo.prepare(exp, state)
+    values = rollout_values(run, exp, ["value"])["value"]
+    adv, returns = gae_advantages(run.cfg, exp, exp.rewards, values, None)
     # The critic starts at V = 0 and γ = λ = 1, so A = reward on the response token.
-    assert exp.advantages.tolist() == [[0.0, 1.0], [0.0, -1.0]]
-    params = torch.nn.ModuleDict({"policy": state.policy, **state.modules})
-    opt = build_optimizer(params, state.cfg)
-    sched = build_scheduler(opt, state.cfg, 1)
-    _update(Accelerator(cpu=True), algo, state, exp, opt, sched, step=0)
+    assert adv.tolist() == [[0.0, 1.0], [0.0, -1.0]]
+    exp.values, exp.returns, exp.advantages = values, returns, final_advantages(run, adv, exp.response_mask)
+    update(run, exp, ppo_loss(run, ["value"]), step=0)
     # Vanilla PG: L = −½ Σ_i A_i log π(a_i | 0) with z = W[:, 0], ∂log π(a)/∂z = onehot(a) − (½, ½):
     #   row 0: +1·((0, 1) − (½, ½)) = (−½, ½);  row 1: −1·((1, 0) − (½, ½)) = (−½, ½)
     #   ∂L/∂z = −½·(−1, 1) = (½, −½);  SGD, lr 1: z ← 0 − (½, −½) = (−½, ½). Column 1 (prev token 1) unused.
-    assert torch.allclose(state.policy.head.weight, torch.tensor([[-0.5, 0.0], [0.5, 0.0]]), atol=1e-6)
+    assert torch.allclose(run.policy.head.weight, torch.tensor([[-0.5, 0.0], [0.5, 0.0]]), atol=1e-6)
 
 
 def test_kl_penalty_goes_into_token_rewards_by_hand():
-    algo, state = _state(kl_coef=0.1, reference="copy", kl_estimator="k1")
+    from vlalign.trainers.ppo import gae_advantages, kl_controller, rollout_kl, rollout_values
+
+    run = _run_by_hand(kl_coef=0.1, reference="copy", kl_estimator="k1")
+    ctl = kl_controller(run)
     exp = _experience([[0, 1, 1]], [[0, 1, 1]], [1.0])
     exp.old_logprobs = torch.tensor([[0.0, -0.5, -1.0]])
     exp.ref_logprobs = torch.tensor([[0.0, -1.0, -0.8]])
-    exp, metrics = algo.prepare(exp, state)
+    kl, metrics = rollout_kl(run, exp)
+    values = rollout_values(run, exp, ["value"])["value"]
+    adv, returns = gae_advantages(run.cfg, exp, exp.rewards, values, -ctl.value * kl)
     # k1 = old − ref = (0.5, −0.2); token rewards = −0.1·k1 + (0, 1) = (−0.05, 1.02);
     # V = 0, γ = λ = 1: A_t = Σ_{t' ≥ t} r_t' = (0.97, 1.02).
-    assert torch.allclose(exp.advantages, torch.tensor([[0.0, 0.97, 1.02]]), atol=1e-6)
-    assert torch.allclose(exp.returns, exp.advantages)
+    assert torch.allclose(adv, torch.tensor([[0.0, 0.97, 1.02]]), atol=1e-6)
+    assert torch.allclose(returns, adv)
     assert metrics["kl/seq_mean"] == pytest.approx(0.3)  # 0.5 − 0.2
+    assert metrics["kl/mean"] == pytest.approx(0.15)  # 0.3 over the 2 response tokens
 
 
 def test_adaptive_kl_coefficient_rises_above_target_and_is_checkpointed():
-    algo, state = _state(kl_coef=0.1, reference="copy", kl_controller="adaptive", kl_target=0.1, kl_horizon=10)
+    from vlalign.trainers.ppo import kl_controller, rollout_kl, update_kl_controller
+
+    run = _run_by_hand(kl_coef=0.1, reference="copy", kl_controller="adaptive", kl_target=0.1, kl_horizon=10)
+    ctl = kl_controller(run)
     exp = _experience([[0, 1, 1]], [[0, 1, 1]], [1.0])
     exp.old_logprobs = torch.tensor([[0.0, -0.5, -1.0]])
     exp.ref_logprobs = torch.tensor([[0.0, -1.0, -0.8]])
-    algo.prepare(exp, state)
+    update_kl_controller(run, rollout_kl(run, exp)[0], exp)
     # seq KL 0.3 vs target 0.1: e = clip(0.3/0.1 − 1, ±0.2) = 0.2; β = 0.1·(1 + 0.2·1/10) = 0.102
-    assert algo.state_dict(state)["kl_coef"] == pytest.approx(0.102)
-    _, fresh = _state(kl_coef=0.1, reference="copy", kl_controller="adaptive", kl_target=0.1, kl_horizon=10)
-    algo.load_state_dict(fresh, algo.state_dict(state))
-    assert fresh.extra["kl_ctl"].value == state.extra["kl_ctl"].value
+    assert ctl.value == pytest.approx(0.102)
+    fresh = _run_by_hand(kl_coef=0.1, reference="copy", kl_controller="adaptive", kl_target=0.1, kl_horizon=10)
+    fresh.state = {"algorithm": {"kl_coef": ctl.value}}  # what train_ppo writes into a checkpoint
+    assert kl_controller(fresh).value == ctl.value
 
 
 def _run(cfg_dict: dict, **kw):

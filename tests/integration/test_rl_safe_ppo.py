@@ -71,15 +71,17 @@ def test_lambda_rises_under_violation_then_falls_toward_zero(tmp_path):
 
 
 def test_combined_advantage_by_hand():
-    # Hand case through SafePPO.prepare with zero-initialised critics (V = 0), γ = λ_GAE = 1, no
+    # Hand case through the Safe-PPO functions with zero-initialised critics (V = 0), γ = λ_GAE = 1, no
     # whitening: A_r = reward, A_c = cost on the one response token; λ after one update from
     # λ0 = 1 with J_C = 2, d = 0, lr = 0.5: log λ = 0.5·1·2 = 1 → λ = e.
     # A = (A_r − λ·A_c)/(1 + λ) = (1 − 2e)/(1 + e) ≈ −1.1931
     sys.path.insert(0, str(Path(__file__).parent))
+    from test_rl_helpers import ConstantCost, hand_run
     from test_rl_ppo import Bigram, _experience
 
-    from vlalign.trainers.rl_common import RLState
-    from vlalign.trainers.safe_ppo import SafePPO, SafePPOConfig
+    from vlalign.objectives import safe_rlhf_advantages
+    from vlalign.trainers.ppo import critics, final_advantages, gae_advantages, rollout_values
+    from vlalign.trainers.safe_ppo import SafePPOConfig, lagrange_multiplier, score_costs
 
     cfg = SafePPOConfig.model_validate({
         "output_dir": "unused", "model": {"name_or_path": "unused"}, "data": {"train": "unused"},
@@ -87,15 +89,26 @@ def test_combined_advantage_by_hand():
         "critic": "shared", "gamma": 1.0, "lam": 1.0, "whiten_advantages": False, "kl_coef": 0.0,
         "reference": "none", "cost_limit": 0.0, "lambda_init": 1.0, "lambda_lr": 0.5,
     })
-    algo, state = SafePPO(), RLState(policy=Bigram(), reference=None, cfg=cfg)
-    algo.setup(state)
-    exp, metrics = algo.prepare(_experience([[0, 1]], [[0, 1]], [1.0]), state)
+    names = ["value", "cost_value"]
+    policy = Bigram()
+    run = hand_run(cfg, policy, critics(cfg, names)(policy))
+    lagrange = lagrange_multiplier(run)
+    exp = _experience([[0, 1]], [[0, 1]], [1.0])
+    metrics = score_costs(run, exp, ConstantCost(2.0), lagrange)
     e = math.e
     assert metrics["lagrange/lambda"] == pytest.approx(e)
-    assert exp.advantages[0, 1].item() == pytest.approx((1 - 2 * e) / (1 + e), rel=1e-6)
-    assert exp.advantages[0, 0].item() == 0.0  # prompt position: masked
-    saved = json.loads(json.dumps(algo.state_dict(state)))  # what a checkpoint stores
-    assert saved["log_lambda"] == pytest.approx(1.0)
+    assert metrics["cost/violation"] == 2.0 and metrics["cost/unsafe_frac"] == 1.0
+    values = rollout_values(run, exp, names)
+    adv_r, _ = gae_advantages(cfg, exp, exp.rewards, values["value"], None)
+    adv_c, _ = gae_advantages(cfg, exp, exp.costs, values["cost_value"], None)
+    adv = final_advantages(run, safe_rlhf_advantages(adv_r, adv_c, torch.tensor(metrics["lagrange/lambda"])),
+                           exp.response_mask)
+    assert adv[0, 1].item() == pytest.approx((1 - 2 * e) / (1 + e), rel=1e-6)
+    assert adv[0, 0].item() == 0.0  # prompt position: masked
+    # what a checkpoint stores and a resumed run restores
+    fresh = hand_run(cfg, Bigram())
+    fresh.state = {"algorithm": json.loads(json.dumps({"log_lambda": float(lagrange.log_lambda.detach())}))}
+    assert float(lagrange_multiplier(fresh).log_lambda.detach()) == pytest.approx(1.0)
 
 
 def test_safe_ppo_resume_after_kill_equals_uninterrupted(tmp_path):

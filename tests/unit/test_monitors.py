@@ -27,7 +27,7 @@ def healthy_stream(steps: int = 60, seed: int = 0) -> list[dict[str, float]]:
                 "response/repetition": 0.05 + abs(rng.gauss(0, 0.02)),
                 "kl/mean": 0.01 + 0.3 * frac + abs(rng.gauss(0, 0.01)),
                 "policy/entropy": 2.0 - 0.8 * frac + rng.gauss(0, 0.05),
-                "train/accuracy": 0.55 + 0.35 * frac,
+                "accuracy": 0.55 + 0.35 * frac,
                 **({"eval/accuracy": 0.55 + 0.25 * frac + rng.gauss(0, 0.01)} if t % 5 == 0 else {}),
             }
         )
@@ -113,7 +113,7 @@ def trigger_entropy():
 
 def trigger_overfit():
     s = healthy_stream()
-    s = _with(s, "train/accuracy", lambda t, m: 0.99 if t >= 30 else m["train/accuracy"])
+    s = _with(s, "accuracy", lambda t, m: 0.99 if t >= 30 else m["accuracy"])
     return _with(s, "eval/accuracy", lambda t, m: (0.8 - 0.03 * (t - 30) if t >= 30 else m.get("eval/accuracy"))
                  if "eval/accuracy" in m else None), 30
 

@@ -1,7 +1,7 @@
 """Detectors for the failure modes of preference optimisation, one small class each.
 
 Every detector reads named keys of the per-step metrics dict (the key names are kwargs, so the
-DPO trainer's ``train/accuracy`` and the RL trainers' ``reward/mean`` are both just configuration)
+DPO trainer's ``accuracy`` and the RL trainers' ``reward/mean`` are both just configuration)
 and returns ``(message, evidence)`` when it sees its failure mode, else ``None``. Thresholds are
 deliberately explicit kwargs with defaults tuned to be quiet on a healthy tiny run: a monitor that
 cries wolf gets switched off.
@@ -9,6 +9,8 @@ cries wolf gets switched off.
 Metric keys the RL trainers log (see :mod:`vlalign.trainers.rl_common`):
 ``reward/mean``, ``reward/std``, ``gold/mean`` (held-out verifier, when configured),
 ``response/length_mean``, ``response/repetition``, ``kl/mean``, ``policy/entropy``.
+The DPO trainer logs ``accuracy``, ``margin``, ``kl_ref`` every step and, with held-out pairs and
+``eval_steps``, ``eval/accuracy``, ``eval/loss``, ``eval/margin``; SFT logs ``loss`` and ``eval/loss``.
 """
 
 from __future__ import annotations
@@ -261,13 +263,14 @@ class EntropyCollapse:
 @MONITORS.register("preference_overfit")
 class PreferenceOverfit:
     """DPO-style overfitting: training preference accuracy at ~1 while held-out accuracy falls
-    over the last ``window`` held-out evaluations."""
+    over the last ``window`` held-out evaluations (DPO with ``data.eval`` or ``data.eval_fraction``
+    and ``eval_steps`` logs both keys)."""
 
     name = "preference_overfit"
 
     def __init__(
         self,
-        train_key: str = "train/accuracy",
+        train_key: str = "accuracy",
         heldout_key: str = "eval/accuracy",
         train_high: float = 0.95,
         window: int = 4,

@@ -6,16 +6,21 @@ from a registry:
 - PREFERENCE_LOSSES   dpo, cdpo, ipo, hinge, simpo, orpo, kto, mdpo, dense_dpo
                       (entries take a PreferenceBatchLogps; ``.requires_reference`` is False for
                       simpo and orpo, so trainers can skip the reference pass)
-- ADVANTAGE_ESTIMATORS gae, grpo, dr_grpo, rloo (rloo takes ``whiten=True`` to whiten over the batch)
-- KL_ESTIMATORS       k1, k2, k3
-- PG_LOSS_AGGREGATIONS token_mean, seq_mean_token_mean, token_sum_norm
+- ADVANTAGE_ESTIMATORS gae, grpo, dr_grpo, rloo (groups by size or by id; grpo ``scale=group|batch|none``;
+                      rloo ``whiten=True`` whitens over the batch; ``singleton=zero|raw`` for 1-sample groups)
+- KL_ESTIMATORS       k1, k2, k3, low_var_kl (verl's, clamped), abs
+- PG_LOSS_AGGREGATIONS token_mean, seq_mean_token_mean, token_sum_norm (each with a ``unit`` and an
+                      optional global ``denominator``, so a batch split over micro-batches/processes
+                      gives the same loss)
 """
 
 from vlalign.objectives.advantages import (
     ADVANTAGE_ESTIMATORS,
     AdvantageEstimator,
     AdvantageOutput,
+    constant_group_rows,
     gae,
+    group_index,
     grpo_advantages,
     rloo_advantages,
     whiten_batch_advantages,
@@ -25,16 +30,20 @@ from vlalign.objectives.kl import (
     KL_ESTIMATORS,
     AdaptiveKLController,
     FixedKLController,
+    kl_abs,
     kl_estimate,
     kl_k1,
     kl_k2,
     kl_k3,
+    kl_low_var,
 )
 from vlalign.objectives.lagrangian import LagrangeMultiplier, safe_rlhf_advantages
 from vlalign.objectives.masked import masked_mean, masked_sum, masked_var, masked_whiten, zero_masked
 from vlalign.objectives.policy_gradient import (
     PG_LOSS_AGGREGATIONS,
+    Aggregation,
     PolicyLossOutput,
+    count_units,
     ppo_policy_loss,
     ppo_value_loss,
     seq_mean_token_mean,
@@ -79,6 +88,7 @@ __all__ = [
     "AdaptiveKLController",
     "AdvantageEstimator",
     "AdvantageOutput",
+    "Aggregation",
     "FixedKLController",
     "KTOLossOutput",
     "LagrangeMultiplier",
@@ -87,16 +97,21 @@ __all__ = [
     "PreferenceLossOutput",
     "PreferenceObjective",
     "bradley_terry_loss",
+    "constant_group_rows",
+    "count_units",
     "dense_dpo_loss",
     "dpo_loss",
     "gae",
+    "group_index",
     "grpo_advantages",
     "hinge_loss",
     "ipo_loss",
+    "kl_abs",
     "kl_estimate",
     "kl_k1",
     "kl_k2",
     "kl_k3",
+    "kl_low_var",
     "kto_kl_reference",
     "kto_loss",
     "log1mexp",

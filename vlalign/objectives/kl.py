@@ -6,6 +6,14 @@ With tokens sampled from π and δ = log π − log π_ref:
     k1 = δ                       unbiased, high variance, can be negative
     k2 = ½·δ²                    biased, low variance, ≥ 0
     k3 = exp(−δ) − (−δ) − 1      unbiased, low variance, ≥ 0   (GRPO's in-loss KL)
+    abs = |δ|                    verl's ``abs``
+    low_var_kl = clamp(k3, −10, 10)   verl's ``low_var_kl``: k3 with its value clamped, so one token
+                                 with a huge log-ratio contributes at most 10 nats and no gradient
+
+k3 here clamps only the log-ratio (±20) before exp(), so extreme log-probs give a large finite value;
+``low_var_kl`` is verl's, clamped on both the log-ratio (±20) and the estimate ([−10, 10]). For
+δ = −5 (π_ref five nats above π): k3 = e^5 − 5 − 1 = 142.4 with gradient 1 − e^5 = −147.4 per unit of
+log π; low_var_kl = 10 with gradient 0.
 """
 
 from __future__ import annotations
@@ -38,12 +46,29 @@ def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return 0.5 * (logprobs - ref_logprobs) ** 2
 
 
-@KL_ESTIMATORS.register("k3", "low_var_kl")
+# verl clamps its low_var_kl estimate to this range (the value, after the log-ratio clamp)
+LOW_VAR_KL_CLAMP = 10.0
+
+
+@KL_ESTIMATORS.register("k3")
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """k3 = exp(log π_ref − log π) − (log π_ref − log π) − 1, per token; the log-ratio is clamped to
     ±20 before exp() so extreme log-probs give a large finite value instead of inf."""
     log_ratio = (ref_logprobs - logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+@KL_ESTIMATORS.register("low_var_kl")
+def kl_low_var(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """verl's ``low_var_kl``: k3 (log-ratio clamped to ±20) with the estimate clamped to [−10, 10];
+    a clamped token gets zero gradient."""
+    return kl_k3(logprobs, ref_logprobs).clamp(-LOW_VAR_KL_CLAMP, LOW_VAR_KL_CLAMP)
+
+
+@KL_ESTIMATORS.register("abs")
+def kl_abs(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """verl's ``abs``: |log π − log π_ref|, per token."""
+    return (logprobs - ref_logprobs).abs()
 
 
 def kl_estimate(
@@ -53,7 +78,8 @@ def kl_estimate(
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token estimate of KL(π ‖ π_ref) by name (``k1``, ``k2``, ``k3``), same shape as the inputs
-    (typically (B, T)); positions where ``mask`` is 0 are exactly 0 (and get zero gradient)."""
+    (typically (B, T)); positions where ``mask`` is 0 are exactly 0 (and get zero gradient).
+    Names: ``k1`` (alias ``kl``), ``k2`` (``mse``), ``k3``, ``low_var_kl``, ``abs``."""
     check_same_shape("kl_estimate", logprobs=logprobs, ref_logprobs=ref_logprobs, mask=mask)
     kl = KL_ESTIMATORS.get(kind)(logprobs, ref_logprobs)
     return kl if mask is None else zero_masked(kl, mask)

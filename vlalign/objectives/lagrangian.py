@@ -4,16 +4,24 @@ Safe RLHF (Dai et al. 2024, "Safe RLHF: Safe Reinforcement Learning from Human F
 maximises reward subject to expected cost J_C ≤ d. λ is kept ≥ 0 by learning log λ; one gradient
 step on  L(log λ) = −λ·(J_C − d)  moves log λ by  +lr·λ·(J_C − d): λ grows while the constraint is
 violated and decays toward (never below) 0 once it holds.
+
+log λ is kept in float64: after hundreds of small updates (lr·λ·(J_C − d) of order 1e-3) float32's
+7 significant digits lose the small steps once |log λ| is large, and the value saved in a checkpoint
+must reload to exactly the same λ. λ = inf (or NaN) is refused: it would turn every advantage into
+−A_c and hide that the constraint could not be met; cap it with ``max_value`` instead.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 from torch import nn
 
 from vlalign.objectives._checks import check_same_shape
+
+LOG_FLOAT_MAX = math.log(sys.float_info.max)  # ≈ 709.78: exp() of anything larger is inf
 
 
 class LagrangeMultiplier(nn.Module):
@@ -27,11 +35,13 @@ class LagrangeMultiplier(nn.Module):
     def __init__(self, init_value: float = 1.0, cost_limit: float = 0.0, lr: float = 0.1,
                  max_value: float | None = None) -> None:
         super().__init__()
-        if init_value <= 0:
-            raise ValueError(f"LagrangeMultiplier: init_value must be > 0 (λ = exp(log λ)), got {init_value}")
+        if not (init_value > 0 and math.isfinite(init_value)):
+            raise ValueError(f"LagrangeMultiplier: init_value must be finite and > 0 (λ = exp(log λ)), got {init_value}")
+        if max_value is not None and not math.isfinite(max_value):
+            raise ValueError(f"LagrangeMultiplier: max_value must be finite (or None for no cap), got {max_value}")
         if max_value is not None and max_value < init_value:
             raise ValueError(f"LagrangeMultiplier: max_value {max_value} < init_value {init_value}")
-        self.log_lambda = nn.Parameter(torch.tensor(math.log(init_value), dtype=torch.float32))
+        self.log_lambda = nn.Parameter(torch.tensor(math.log(init_value), dtype=torch.float64))
         self.cost_limit = float(cost_limit)
         self.max_value = max_value
         self.lr = float(lr)
@@ -43,7 +53,7 @@ class LagrangeMultiplier(nn.Module):
 
     def loss(self, mean_episode_cost: torch.Tensor | float) -> torch.Tensor:
         """L = −λ·(J_C − d); its gradient descent raises λ when J_C > d."""
-        violation = torch.as_tensor(mean_episode_cost, dtype=torch.float32).detach() - self.cost_limit
+        violation = torch.as_tensor(mean_episode_cost, dtype=torch.float64).detach() - self.cost_limit
         return -self.log_lambda.exp() * violation
 
     def update(self, mean_episode_cost: torch.Tensor | float) -> float:
@@ -52,10 +62,18 @@ class LagrangeMultiplier(nn.Module):
         cost = float(mean_episode_cost)
         if not math.isfinite(cost):
             raise ValueError(f"LagrangeMultiplier.update: mean_episode_cost must be finite, got {cost}")
+        lam = float(self.value)
+        new_log = float(self.log_lambda.detach()) + self.lr * lam * (cost - self.cost_limit)
+        if self.max_value is not None:
+            new_log = min(new_log, math.log(self.max_value))
+        if not (math.isfinite(new_log) and new_log < LOG_FLOAT_MAX):
+            raise ValueError(
+                f"LagrangeMultiplier.update: λ would become inf (log λ = {new_log:.4g}) after mean episode cost "
+                f"{cost} against the limit {self.cost_limit}; the constraint cannot be met at this lambda_lr. "
+                "Set lambda_max (a cap on λ) or lower lambda_lr"
+            )
         with torch.no_grad():
-            self.log_lambda += self.lr * self.log_lambda.exp() * (cost - self.cost_limit)
-            if self.max_value is not None:
-                self.log_lambda.clamp_(max=math.log(self.max_value))
+            self.log_lambda.fill_(new_log)
         return float(self.value)
 
 

@@ -46,17 +46,22 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) 
 
 
 def masked_whiten(
-    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+    stats: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """(x − mean)/sqrt(var + eps) over masked-in entries; masked-out entries come back as 0.
 
     Used to whiten advantages (PPO, Schulman et al. 2017 implementations) and rewards. With
     ``shift_mean=False`` the mean is added back (keeps the sign of rewards, as in Ziegler et al. 2019).
+    ``stats`` = (mean, Bessel-corrected variance) of a batch spread over several processes, reduced by
+    the caller, so every process whitens with the same numbers.
     """
     check_same_shape("masked_whiten", values=values, mask=mask)
     mask = mask.to(values.dtype)
-    mean = masked_mean(values, mask)
-    var = masked_var(values, mask)
+    if stats is None:
+        mean, var = masked_mean(values, mask), masked_var(values, mask)
+    else:
+        mean, var = (torch.as_tensor(v, dtype=values.dtype, device=values.device) for v in stats)
     whitened = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

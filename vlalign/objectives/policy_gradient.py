@@ -15,37 +15,77 @@ import torch
 
 from vlalign.objectives._checks import check_ndim, check_same_shape
 from vlalign.objectives.kl import LOG_RATIO_CLAMP, kl_estimate
-from vlalign.objectives.masked import masked_mean, zero_masked
+from vlalign.objectives.masked import masked_mean, masked_sum, zero_masked
 from vlalign.registry import Registry
 
-Aggregation = Callable[[torch.Tensor, torch.Tensor, float | None], torch.Tensor]
+
+@dataclass(frozen=True)
+class Aggregation:
+    """How a (B, T) per-token loss becomes a scalar: ``numerator(loss, mask, C) / denominator``.
+
+    ``unit`` names what the denominator counts (``tokens``: response tokens; ``seqs``: sequences
+    with at least one token; ``rows``: all rows) and :meth:`units` counts it in one batch. By default
+    the denominator is this batch's own count; a trainer that splits one optimizer step over
+    micro-batches and processes passes the GLOBAL count (``denominator=``), so the per-micro-batch
+    losses add up to exactly the loss of the whole batch: accumulation and data parallelism leave
+    the loss and its gradient unchanged even when response lengths are ragged.
+    """
+
+    name: str
+    numerator: Callable[[torch.Tensor, torch.Tensor, float | None], torch.Tensor]
+    unit: str
+
+    def units(self, mask: torch.Tensor) -> torch.Tensor:
+        """This batch's count of the aggregation's unit (a 0-d float tensor)."""
+        return count_units(self.unit, mask)
+
+    def __call__(self, loss: torch.Tensor, mask: torch.Tensor, norm_constant: float | None = None,
+                 denominator: float | torch.Tensor | None = None) -> torch.Tensor:
+        num = self.numerator(loss, mask, norm_constant)
+        den = self.units(mask) if denominator is None else torch.as_tensor(denominator, dtype=num.dtype)
+        return num / den.to(num.device).clamp(min=1.0)
+
+
+def count_units(unit: str, mask: torch.Tensor) -> torch.Tensor:
+    """Count of ``unit`` in a (B, T) mask: ``tokens`` Σ mask, ``seqs`` rows with a token, ``rows`` B."""
+    if unit == "tokens":
+        return mask.to(torch.float32).sum()
+    if unit == "seqs":
+        return (mask.sum(dim=-1) > 0).to(torch.float32).sum()
+    if unit == "rows":
+        return torch.tensor(float(mask.shape[0]))
+    raise ValueError(f"unknown aggregation unit {unit!r}; expected tokens, seqs or rows")
+
+
 PG_LOSS_AGGREGATIONS: Registry[Aggregation] = Registry("policy-loss aggregation")
 
 
-@PG_LOSS_AGGREGATIONS.register("token_mean")
-def token_mean(loss: torch.Tensor, mask: torch.Tensor, norm_constant: float | None = None) -> torch.Tensor:
-    """Σ_{b,t} m·ℓ / Σ_{b,t} m: every token in the batch weighs the same (DAPO, Yu et al. 2025)."""
-    return masked_mean(loss, mask)
+def _token_sum(loss: torch.Tensor, mask: torch.Tensor, norm_constant: float | None = None) -> torch.Tensor:
+    return zero_masked(loss, mask).mul(mask).sum()
 
 
-@PG_LOSS_AGGREGATIONS.register("seq_mean_token_mean")
-def seq_mean_token_mean(loss: torch.Tensor, mask: torch.Tensor, norm_constant: float | None = None) -> torch.Tensor:
-    """mean_b [Σ_t m·ℓ / Σ_t m]: each sequence weighs the same (original GRPO, Shao et al. 2024),
-    so tokens of short responses weigh more. Sequences with an empty mask are left out."""
-    per_seq = masked_mean(loss, mask, dim=-1)  # (B,)
-    has_tokens = (mask.sum(dim=-1) > 0).to(loss.dtype)  # (B,)
-    return (per_seq * has_tokens).sum() / has_tokens.sum().clamp(min=1.0)
+def _sum_of_seq_means(loss: torch.Tensor, mask: torch.Tensor, norm_constant: float | None = None) -> torch.Tensor:
+    per_seq = masked_mean(loss, mask, dim=-1)  # (B,) 0 for empty rows
+    return (per_seq * (mask.sum(dim=-1) > 0).to(loss.dtype)).sum()
 
 
-@PG_LOSS_AGGREGATIONS.register("token_sum_norm")
-def token_sum_norm(loss: torch.Tensor, mask: torch.Tensor, norm_constant: float | None = None) -> torch.Tensor:
-    """mean_b [Σ_t m·ℓ] / C with a CONSTANT C (Dr. GRPO, Liu et al. 2025, "Understanding R1-Zero-Like
-    Training"): no length normalisation, so no length bias. C defaults to T (max generation length)."""
+def _token_sum_over_constant(loss: torch.Tensor, mask: torch.Tensor, norm_constant: float | None = None) -> torch.Tensor:
     constant = float(norm_constant) if norm_constant is not None else float(loss.shape[-1])
     if constant <= 0:
         raise ValueError(f"token_sum_norm: norm_constant must be > 0, got {norm_constant}")
-    per_seq = zero_masked(loss * mask, mask).sum(dim=-1)  # (B,)
-    return per_seq.sum() / (max(loss.shape[0], 1) * constant)
+    return _token_sum(loss, mask) / constant
+
+
+#: Σ_{b,t} m·ℓ / Σ_{b,t} m: every token in the batch weighs the same (DAPO, Yu et al. 2025).
+token_mean = PG_LOSS_AGGREGATIONS.register("token_mean")(Aggregation("token_mean", _token_sum, "tokens"))
+#: mean_b [Σ_t m·ℓ / Σ_t m]: each sequence weighs the same (original GRPO, Shao et al. 2024), so
+#: tokens of short responses weigh more. Sequences with an empty mask are left out.
+seq_mean_token_mean = PG_LOSS_AGGREGATIONS.register("seq_mean_token_mean")(
+    Aggregation("seq_mean_token_mean", _sum_of_seq_means, "seqs"))
+#: Σ_b Σ_t m·ℓ / (B·C) with a CONSTANT C (Dr. GRPO, Liu et al. 2025, "Understanding R1-Zero-Like
+#: Training"): no length normalisation, so no length bias. C defaults to T (max generation length).
+token_sum_norm = PG_LOSS_AGGREGATIONS.register("token_sum_norm")(
+    Aggregation("token_sum_norm", _token_sum_over_constant, "rows"))
 
 
 @dataclass
@@ -54,6 +94,10 @@ class PolicyLossOutput:
     clip_fraction: torch.Tensor  # scalar, detached: share of tokens where the clipped branch was taken
     approx_kl: torch.Tensor  # scalar, detached: k3 estimate of KL(π_old ‖ π) on the batch
     kl: torch.Tensor  # scalar, detached: mean in-loss KL to the reference (0 when kl_coef = 0)
+    # detached token SUMS of the three statistics above, for callers that average over a global batch
+    clipped_tokens: torch.Tensor | None = None
+    approx_kl_sum: torch.Tensor | None = None
+    kl_sum: torch.Tensor | None = None
 
 
 def ppo_policy_loss(
@@ -70,6 +114,7 @@ def ppo_policy_loss(
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     kl_kind: str = "k3",
+    denominator: float | torch.Tensor | None = None,
 ) -> PolicyLossOutput:
     """PPO clipped surrogate (Schulman et al. 2017, "Proximal Policy Optimization Algorithms"), per
     token with ρ = exp(log π − log π_old):
@@ -79,7 +124,8 @@ def ppo_policy_loss(
             ℓ = min(ℓ, −A·c)    with c = ``clip_c`` > 1
         + kl_coef·KL_kind(π ‖ π_ref)       (GRPO's in-loss KL, when ``ref_logprobs`` is given)
 
-    then reduced with ``aggregation`` (see PG_LOSS_AGGREGATIONS). ε_low = ε_high = ``clip_eps``
+    then reduced with ``aggregation`` (see PG_LOSS_AGGREGATIONS; ``denominator`` = the global count of
+    its unit when one optimizer step spans micro-batches or processes). ε_low = ε_high = ``clip_eps``
     unless given (DAPO's asymmetric "clip-higher", Yu et al. 2025). At ρ = 1 the gradient equals the
     vanilla policy gradient −A·∇log π. The log-ratio is clamped to ±20 before exp().
     All token inputs (B, T).
@@ -107,19 +153,20 @@ def ppo_policy_loss(
     if clip_c is not None:
         loss_tok = torch.where(adv < 0, torch.minimum(loss_tok, -adv * clip_c), loss_tok)
 
-    kl_mean = logprobs.new_zeros(())
+    kl_tok = torch.zeros_like(loss_tok)
     if ref_logprobs is not None and kl_coef:
         kl_tok = kl_estimate(logprobs, ref_logprobs.detach(), kind=kl_kind, mask=mask)  # (B, T)
         loss_tok = loss_tok + kl_coef * kl_tok
-        kl_mean = masked_mean(kl_tok, mask).detach()
     elif kl_coef and ref_logprobs is None:
         raise ValueError(f"{fn}: kl_coef={kl_coef} needs ref_logprobs (B, T)")
 
-    loss = aggregate(zero_masked(loss_tok, mask), mask, norm_constant)
+    loss = aggregate(zero_masked(loss_tok, mask), mask, norm_constant, denominator)
     with torch.no_grad():
-        clip_fraction = masked_mean((clipped > unclipped).to(logprobs.dtype), mask)
-        approx_kl = masked_mean(torch.exp(log_ratio) - 1.0 - log_ratio, mask)  # k3 of KL(old ‖ new)
-    return PolicyLossOutput(loss, clip_fraction, approx_kl, kl_mean)
+        clipped_tok = (clipped > unclipped).to(logprobs.dtype)  # (B, T)
+        approx_tok = torch.exp(log_ratio) - 1.0 - log_ratio  # (B, T) k3 of KL(old ‖ new)
+        sums = [masked_sum(x, mask) for x in (clipped_tok, approx_tok, kl_tok.detach())]
+        means = [masked_mean(x, mask) for x in (clipped_tok, approx_tok, kl_tok.detach())]
+    return PolicyLossOutput(loss, *means, *sums)
 
 
 def ppo_value_loss(
@@ -129,6 +176,7 @@ def ppo_value_loss(
     mask: torch.Tensor,
     clip_eps: float | None = 0.2,
     aggregation: str = "token_mean",
+    denominator: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Clipped value loss of PPO implementations (Schulman et al. 2017; as in OpenAI baselines and
     Ziegler et al. 2019), per token:
@@ -136,7 +184,8 @@ def ppo_value_loss(
         V_clip = V_old + clip(V − V_old, −ε, ε)
         ℓ = ½·max((V − R)², (V_clip − R)²)
 
-    reduced with ``aggregation`` (default: masked token mean). Inputs (B, T); returns a scalar.
+    reduced with ``aggregation`` (default: masked token mean; ``denominator`` as in
+    :func:`ppo_policy_loss`). Inputs (B, T); returns a scalar.
     ``clip_eps=None`` disables clipping (plain ½·(V − R)²).
     """
     fn = "ppo_value_loss"
@@ -149,4 +198,4 @@ def ppo_value_loss(
     if clip_eps is not None:
         v_clip = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
         loss_tok = torch.maximum(loss_tok, (v_clip - returns) ** 2)
-    return PG_LOSS_AGGREGATIONS.get(aggregation)(0.5 * loss_tok, mask, None)
+    return PG_LOSS_AGGREGATIONS.get(aggregation)(0.5 * loss_tok, mask, None, denominator)

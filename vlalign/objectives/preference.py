@@ -342,7 +342,9 @@ def segment_weighted_logps(
         score = Σ_t w_t·m_t·log p_t                     (normalize=False)
 
     token_logps, mask, segment_mask: (B, T); returns (B,). Segment tokens outside ``mask`` are
-    ignored; an empty mask gives a score of 0.
+    ignored; an empty mask gives a score of 0. The normaliser is the weighted count itself, as in
+    RLHF-V's code, also when it is below 1 (0 < γ < 1): one changed token of weight 0.5 with
+    log p = −2 scores −1/0.5 = −2.
     """
     check_ndim("segment_weighted_logps", 2, token_logps=token_logps, mask=mask, segment_mask=segment_mask)
     check_same_shape("segment_weighted_logps", token_logps=token_logps, mask=mask, segment_mask=segment_mask)
@@ -353,7 +355,8 @@ def segment_weighted_logps(
     total = (zero_masked(token_logps, mask) * weights).sum(dim=-1)  # (B,)
     if not normalize:
         return total
-    return total / weights.sum(dim=-1).clamp(min=1.0)
+    count = weights.sum(dim=-1)  # (B,) weighted token count, > 0 unless the mask is empty
+    return torch.where(count > 0, total / torch.where(count > 0, count, torch.ones_like(count)), torch.zeros_like(total))
 
 
 def dense_dpo_loss(

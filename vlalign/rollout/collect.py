@@ -8,7 +8,8 @@ log-probs instead) + one reference forward (LoRA: the same model with its adapte
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -38,17 +39,53 @@ def _pad_id(processor: Any) -> int:
     return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
 
 
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Run the block on its own RNG stream ``seed`` (CPU and the current CUDA device), leaving the
+    caller's RNG state untouched; ``None`` = the caller's stream."""
+    if seed is None:
+        yield
+        return
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def stream_seed(*parts: Any) -> int:
+    """A 63-bit seed from any parts (e.g. run seed, rollout step, process rank): well-mixed, so
+    neighbouring steps or ranks get unrelated streams."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def sample_experience(
-    policy: Any, processor: Any, records: Sequence[Any], cfg: RolloutConfig, collate_cfg: CollateConfig
+    policy: Any, processor: Any, records: Sequence[Any], cfg: RolloutConfig, collate_cfg: CollateConfig,
+    seeds: Sequence[int] | None = None, prompt_rows: Sequence[int] | None = None,
 ) -> Experience:
-    """Generate K responses for each record; returns the laid-out :class:`Experience` (no scores yet)."""
+    """Generate K responses for each record; returns the laid-out :class:`Experience` (no scores yet).
+
+    ``seeds``: one RNG stream per record — each record is then sampled on its own (one generate call
+    per prompt), so its K responses depend only on its seed, not on which other prompts share the
+    batch or the process. ``prompt_rows``: the records' row indices in the prompt data (a global
+    identity, kept in ``extras["prompt_row"]``)."""
     encoded = encode_prompts(processor, records, collate_cfg)  # images preprocessed ONCE per record
-    responses = ROLLOUT_BACKENDS.get(cfg.backend)(policy, processor, encoded, cfg)
+    generate = ROLLOUT_BACKENDS.get(cfg.backend)
+    if seeds is None:
+        responses = generate(policy, processor, encoded, cfg)
+    else:
+        responses = []
+        for enc, seed in zip(encoded, seeds, strict=True):
+            with seeded(seed):
+                responses += generate(policy, processor, [enc], cfg)
     k = cfg.num_samples
     input_ids, attention, response_mask = layout_rows(encoded, responses, k, _pad_id(processor))
     images, chunks = repeat_image_inputs(encoded, k)  # processed pixel tensors repeated K×
     tok = getattr(processor, "tokenizer", processor)
     recs = [encoded[i // k].record for i in range(len(responses))]
+    extras = {f"_chunks/{key}": c for key, c in chunks.items()}
+    if prompt_rows is not None:
+        extras["prompt_row"] = torch.tensor(list(prompt_rows), dtype=torch.long).repeat_interleave(k)  # (N,)
     return Experience(
         input_ids=input_ids,
         attention_mask=attention,
@@ -59,7 +96,8 @@ def sample_experience(
         prompts=[r.prompt for r in recs],
         metas=[_sample_meta(r) for r in recs],
         images=[list(r.images) for r in recs],
-        extras={f"_chunks/{key}": c for key, c in chunks.items()},
+        extras=extras,
+        ids=[f"{encoded[i // k].record.id}/{i % k}" for i in range(len(responses))],
     )
 
 
@@ -103,6 +141,7 @@ def score_experience(
             logps, _, entropy = experience_logprobs(policy, on_device, forward=forward, group_size=group_size,
                                                     temperature=temperature, return_entropy=True)
             exp.old_logprobs = logps.cpu()
+            exp.extras["entropy"] = (entropy * mask).cpu()  # (N, T) per response token
             metrics["policy/entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
         if need_reference:
             model, ctx = reference_context(policy, reference)
@@ -122,8 +161,12 @@ def samples_of(exp: Experience) -> list[Sample]:
     ]
 
 
-def score_with(source: Any, exp: Experience, prefix: str) -> tuple[torch.Tensor, dict[str, float]]:
-    """Score every row with a reward (or cost) source → (scores (N,), metrics named ``prefix/...``)."""
+def score_with(source: Any, exp: Experience, prefix: str,
+               gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Score every row with a reward (or cost) source → (scores (N,), metrics named ``prefix/...``).
+
+    ``gather(t)`` returns every process's rows of ``t`` (multi-process runs), so the metrics are those
+    of the whole global batch; the returned scores stay this process's."""
     out = source.score(samples_of(exp))
     scores = out.rewards.detach().float().cpu()  # (N,)
     if scores.shape != (exp.num_rows,):
@@ -131,18 +174,23 @@ def score_with(source: Any, exp: Experience, prefix: str) -> tuple[torch.Tensor,
             f"{prefix} source {getattr(source, 'name', source)!r} returned shape {tuple(scores.shape)}, "
             f"expected ({exp.num_rows},)"
         )
-    metrics = {f"{prefix}/mean": float(scores.mean()), f"{prefix}/std": float(scores.std(unbiased=False))}
-    metrics.update({f"{prefix}/{k}": float(v.float().mean()) for k, v in out.parts.items()})
+    whole = gather or (lambda t: t)
+    every = whole(scores)
+    metrics = {f"{prefix}/mean": float(every.mean()), f"{prefix}/std": float(every.std(unbiased=False))}
+    metrics.update({f"{prefix}/{k}": float(whole(v.detach().float().cpu().reshape(-1)).mean())
+                    for k, v in out.parts.items()})
     metrics.update({f"{prefix}/{k}": float(v) for k, v in out.info.items()})
     return scores, metrics
 
 
-def response_stats(exp: Experience, max_new_tokens: int) -> dict[str, float]:
-    """Length / repetition / truncation stats of the responses (inputs of the monitors)."""
-    lengths = exp.response_lengths.tolist()
+def response_stats(exp: Experience, max_new_tokens: int,
+                   gather: Callable[[list[Any]], list[Any]] | None = None) -> dict[str, float]:
+    """Length / repetition / truncation stats of the responses (inputs of the monitors); ``gather`` as in
+    :func:`score_with` (over lists: every process's token lists)."""
     toks = [row[m.bool()].tolist() for row, m in zip(exp.input_ids, exp.response_mask, strict=True)]
+    toks = gather(toks) if gather is not None else toks
     stats = batch_text_stats(toks)
-    stats["response/clipped_frac"] = sum(1 for n in lengths if n >= max_new_tokens) / max(1, len(lengths))
+    stats["response/clipped_frac"] = sum(1 for t in toks if len(t) >= max_new_tokens) / max(1, len(toks))
     return stats
 
 

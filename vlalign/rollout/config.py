@@ -24,6 +24,13 @@ class RolloutConfig(BaseConfig):
         description="hf backend: auto = run each prompt + image once and expand its KV cache to the K samples "
         "(families with plain positions: llava, idefics3; others fall back); per_sample = prefill all B*K rows",
     )
+    sampling_seed: Literal["process", "prompt"] = Field(
+        "process",
+        description="RNG stream of the samples: process = one stream per (seed, rollout, process), all of the "
+        "process's prompts sampled in one batched generate call; prompt = one stream per (seed, rollout, prompt "
+        "row), one generate call per prompt (slower), so a prompt's samples do not depend on the process count "
+        "or on the other prompts of the batch (a 2-process run then samples exactly what 1 process does)",
+    )
     max_new_tokens: int = Field(32, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)

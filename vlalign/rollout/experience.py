@@ -33,6 +33,7 @@ class Experience:
     advantages: torch.Tensor | None = None  # (N, T) per-token advantage (filled by the trainer)
     returns: torch.Tensor | None = None  # (N, T) value targets (PPO)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # any other (N, ...) tensor
+    ids: list[str] = field(default_factory=list)  # N row ids "<record id>/<sample>" (reports name them)
 
     @property
     def num_rows(self) -> int:
@@ -60,7 +61,7 @@ class Experience:
             elif isinstance(value, torch.Tensor):
                 out[f.name] = value[idx]
             elif isinstance(value, list):
-                out[f.name] = [value[i] for i in idx.tolist()]
+                out[f.name] = [value[i] for i in idx.tolist()] if value else []
             else:
                 out[f.name] = value
         return replace(self, **out)

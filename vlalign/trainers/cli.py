@@ -21,7 +21,8 @@ def _run(kind: str, config: Path | None, overrides: list[str] | None) -> None:
     from vlalign.data.collate import CollateError
     from vlalign.data.validate import DataError
     from vlalign.models.load import ModelLoadError
-    from vlalign.trainers.common import NonFiniteError
+    from vlalign.trainers.checkpoint import CheckpointError
+    from vlalign.trainers.step import NonFiniteError
 
     try:
         if kind == "sft":
@@ -31,7 +32,7 @@ def _run(kind: str, config: Path | None, overrides: list[str] | None) -> None:
         summary = train(cfg)
     except (DataError, CollateError, ModelLoadError, KeyError, FileNotFoundError) as exc:
         fail(str(exc).strip("'\""))
-    except NonFiniteError as exc:
+    except (NonFiniteError, CheckpointError) as exc:
         fail(str(exc), code=1)
     except ValueError as exc:
         fail(str(exc))

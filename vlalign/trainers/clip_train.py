@@ -27,14 +27,18 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from vlalign.config import BaseConfig, save_config
+from vlalign.config import BaseConfig
+from vlalign.monitors import MonitorSpec
+from vlalign.trainers.run import build_run, open_run, resume_run
+from vlalign.trainers.step import StepResult, mean_over
 
 CLIP_SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 
 
 class ClipTrainConfig(BaseConfig):
     """Small CLIP trained contrastively on a Shapes folder. Optimiser fields use the same names as
-    :class:`vlalign.trainers.configs.TrainConfig`, so the shared loop in ``trainers.common`` runs it."""
+    :class:`vlalign.trainers.configs.TrainConfig`, so the shared run and step core (``trainers.run``,
+    ``trainers.step``) train it."""
 
     data: str = Field(..., description="Shapes folder (scenes.jsonl, preference*.jsonl, manifest.json, images/)")
     output_dir: str
@@ -70,7 +74,14 @@ class ClipTrainConfig(BaseConfig):
     report_to: list[str] = Field(default_factory=list)
     progress: bool = True
     save_steps: Literal[0] = Field(0, description="no intermediate checkpoints (a run takes minutes)")
+    save_total_limit: int = Field(1, ge=1)
+    resume: Literal[False] = Field(False, description="no checkpoints, so nothing to resume")
+    overwrite: bool = False
+    resume_allow_changes: list[str] = Field(default_factory=list)
+    eval_steps: Literal[0] = 0
+    monitors: list[MonitorSpec] = Field(default_factory=list)
     max_consecutive_nonfinite: int = Field(3, ge=1)
+    deterministic: bool = Field(False, description="as in TrainConfig: deterministic kernels, fixed threads")
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads; 1 is much faster on a CPU shared with other jobs"
     )
@@ -251,52 +262,43 @@ def heldout_pair_accuracy(scorer: Any, data_dir: str | Path, limit: int | None =
 
 def train_clip(cfg: ClipTrainConfig) -> dict[str, Any]:
     """Train, save ``output_dir/final`` (loads with ``CLIPModel``/``AutoProcessor``), evaluate, write metrics."""
-    from vlalign.trainers.common import (
-        LoopSpec,
-        StepResult,
-        build_optimizer,
-        build_scheduler,
-        ensure_dir,
-        setup_accelerator,
-        total_steps,
-        train_loop,
-    )
-    from vlalign.trainers.logging import RunLogger
-
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    out = ensure_dir(cfg.output_dir)
-    save_config(cfg, out / "config.yaml")
-    acc = setup_accelerator(cfg)
-    first = _read_jsonl(Path(cfg.data) / "scenes.jsonl")[0]
-    model, processor = build_clip(cfg, int(first.get("image_size", 64)))
-    data = ShapesClipData(cfg.data, processor, cfg.hard_negatives, cfg.seed, cfg.limit)
-    total = total_steps(cfg, len(data), acc.num_processes)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, total)
-    model, optimizer = acc.prepare(model, optimizer)
-
-    def micro_step(batch: ClipBatch) -> StepResult:
-        img, pos, neg = clip_embeddings(acc.unwrap_model(model), batch)
-        scale = acc.unwrap_model(model).logit_scale.exp().clamp(max=100.0)
-        loss, correct = clip_contrastive_loss(img, pos, neg, scale)
-        return StepResult(loss_sum=loss.sum(), metric_sums={"train_pair_acc": correct.sum().detach()},
-                          tokens=int(batch.pos_mask.sum()))  # fmt: skip
-
-    spec = LoopSpec(model=model, optimizer=optimizer, scheduler=scheduler, batches=data.batch,
-                    units=lambda b: len(b.ids), micro_step=micro_step, num_rows=len(data), unit_name="images")  # fmt: skip
-    log = RunLogger(acc, out, total, 0, cfg.progress, cfg)
-    try:
-        skipped = train_loop(acc, spec, cfg, 0, total, log, ckpt=lambda step, state: None)
-    finally:
-        log.close()
-    final = out / "final"
-    acc.unwrap_model(model).eval().save_pretrained(final)
-    processor.save_pretrained(final)
-
     from vlalign.rewards.clip import ClipReward
 
+    run = open_run(cfg)
+    try:
+        if run.dist.world > 1:
+            # the contrastive loss takes its negatives from the micro-batch and the towers are called
+            # outside the wrapped forward, so DDP would neither see the same loss nor sync gradients
+            raise ValueError("clip-train runs on one process (its in-batch contrastive loss depends on the "
+                             "micro-batch); launch it without accelerate's multi-process config")
+        first = _read_jsonl(Path(cfg.data) / "scenes.jsonl")[0]
+        model, processor = build_clip(cfg, int(first.get("image_size", 64)))
+        data = ShapesClipData(cfg.data, processor, cfg.hard_negatives, cfg.seed, cfg.limit)
+        build_run(run, model, processor, data.scenes, accumulation=cfg.gradient_accumulation_steps)
+        run.source.collate = data.batch
+        resume_run(run)
+
+        def micro_step(batch: ClipBatch) -> StepResult:
+            clip = run.acc.unwrap_model(run.model)
+            img, pos, neg = clip_embeddings(clip, batch)
+            loss, correct = clip_contrastive_loss(img, pos, neg, clip.logit_scale.exp().clamp(max=100.0))
+            return StepResult(loss_sum=loss.sum(), metric_sums={"train_pair_acc": correct.sum().detach()},
+                              tokens=int(batch.pos_mask.sum()))  # fmt: skip
+
+        loss_fn = mean_over("images", micro_step)
+        for step in run.steps():
+            outcome = run.update(run.source.micro_batches(step), loss_fn, lambda b: {"images": len(b.ids)},
+                                 where=step + 1)
+            if run.end_step(step, outcome.metrics, outcome.finite):
+                break
+        final = run.output_dir / "final"
+        if run.acc.is_main_process:
+            run.acc.unwrap_model(run.model).eval().save_pretrained(final)
+            processor.save_pretrained(final)
+        summary = run.summary({"final": str(final)})
+    finally:
+        run.close()
     result = heldout_pair_accuracy(ClipReward(model=str(final)), cfg.data, cfg.eval_limit)
-    result.update(steps=total, skipped_steps=skipped, model_dir=str(final))
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    result.update(steps=summary["steps"], skipped_steps=summary["skipped_steps"], model_dir=str(final))
+    (run.output_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

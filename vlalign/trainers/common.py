@@ -1,28 +1,28 @@
-"""Shared trainer pieces as plain functions: accelerator, optimizer, schedule, data order, NaN guard,
-and the one optimizer-step loop every trainer runs.
+"""Shared trainer pieces as plain functions: optimizer and schedule registries, the accelerator (with
+the ``deterministic`` switch), memory metrics.
 
-WHY one loop: SFT, DPO and the RL trainers differ only in how a micro-batch becomes a loss. Each
-passes a ``micro_step(batch) -> StepResult`` to :func:`train_loop`, which owns gradient accumulation,
-exact global-batch normalisation, clipping, the NaN/inf guard, metrics, checkpoints and resume.
-
-Normalisation: a micro-step returns the SUM of its per-unit losses (unit = pair for DPO, response token
-for SFT). The loop divides by the number of units in the whole global batch (all micro-batches, all
-processes), so 4 micro-batches × 2 equals 1 × 8 and 2 processes equal 1 process with the same global
-batch, up to float rounding.
+The optimizer step itself is :mod:`vlalign.trainers.step`, the data order :mod:`vlalign.trainers.sources`,
+the run around them (set-up, resume, logging, monitors, checkpoints) :mod:`vlalign.trainers.run`.
 """
 
 from __future__ import annotations
 
 import math
-import time
+import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vlalign.registry import Registry
+from vlalign.trainers.sources import global_batch_indices, local_micro_batches, steps_per_epoch
+from vlalign.trainers.step import NonFiniteError, StepResult
+
+__all__ = [  # the data order and step names are re-exported for callers of earlier versions
+    "OPTIMIZERS", "SCHEDULES", "NonFiniteError", "StepResult", "build_optimizer", "build_scheduler",
+    "global_batch_indices", "local_micro_batches", "memory_metrics", "setup_accelerator", "steps_per_epoch",
+]
 
 # ------------------------------------------------------------------------------------ optimizer, schedule
 
@@ -153,10 +153,46 @@ def resolve_precision(choice: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+class GlobalTorchState:
+    """Thread count and deterministic-algorithms flag of the process, saved before a run changes them
+    and restored after it (a library call must not leave the caller's process altered)."""
+
+    def __init__(self) -> None:
+        self.threads = torch.get_num_threads()
+        self.deterministic = torch.are_deterministic_algorithms_enabled()
+        self.cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+
+    def restore(self) -> None:
+        torch.set_num_threads(self.threads)
+        torch.use_deterministic_algorithms(self.deterministic)
+        if self.cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = self.cublas
+
+
+def apply_determinism(cfg: Any) -> GlobalTorchState:
+    """``num_threads`` and ``deterministic`` of a config; returns what to restore at the end.
+
+    ``deterministic: true`` = torch.use_deterministic_algorithms(True) (ops without a deterministic
+    kernel raise instead of silently varying), cuBLAS's fixed workspace, cuDNN deterministic (through
+    accelerate's set_seed), and a fixed thread count (``num_threads``, default 1) so float sums are
+    split the same way on every machine. Same machine + same seed → bit-identical weights (tested);
+    across CPU instruction sets, thread counts or GPUs the float rounding differs.
+    """
+    saved = GlobalTorchState()
+    threads = getattr(cfg, "num_threads", None)
+    if getattr(cfg, "deterministic", False):
+        threads = threads or 1
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+        torch.use_deterministic_algorithms(True)
+    if threads:
+        torch.set_num_threads(threads)
+    return saved
+
+
 def setup_accelerator(cfg: Any) -> Any:
     """An Accelerator that owns gradient accumulation (so DDP/FSDP/DeepSpeed skip syncs correctly)."""
-    import os
-
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
@@ -176,138 +212,33 @@ def setup_accelerator(cfg: Any) -> Any:
         # features come from hidden states): DDP must be told, or it stalls at the second step.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=getattr(cfg, "ddp_find_unused_parameters", False))],
     )
-    set_seed(cfg.seed)
+    if cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        enable_fsdp_on_cpu(acc)
+    # the same seed on every process: model heads and adapters start identical everywhere; sampling
+    # draws from its own per-process stream (vlalign.trainers.rl_common.sampling_stream)
+    set_seed(cfg.seed, deterministic=bool(getattr(cfg, "deterministic", False)))
     return acc
 
 
-# ------------------------------------------------------------------------------------------- data order
+def enable_fsdp_on_cpu(acc: Any) -> None:
+    """Run accelerate's own FSDP2 path on CPU processes (gloo) when launched with an FSDP config.
 
-
-def steps_per_epoch(num_rows: int, global_batch: int) -> int:
-    """Full global batches per epoch (the incomplete tail is dropped so every step has the same size)."""
-    if global_batch > num_rows:
-        raise ValueError(
-            f"the dataset has {num_rows} rows but one optimizer step needs {global_batch} "
-            "(per_device_batch_size × gradient_accumulation_steps × processes); lower the batch size or add data"
-        )
-    return num_rows // global_batch
-
-
-def global_batch_indices(step: int, num_rows: int, global_batch: int, seed: int) -> list[int]:
-    """Row indices of optimizer step ``step``: a fixed permutation per (seed, epoch), sliced in order.
-
-    Why a pure function of the step: resuming at step k reproduces exactly the batches an
-    uninterrupted run would have seen, on any number of processes.
+    WHY: accelerate selects FSDP only for accelerator devices. ``AcceleratorState.__init__``
+    (accelerate/state.py, 1.15: the ``elif self.distributed_type in [DistributedType.MULTI_GPU,
+    DistributedType.MULTI_MLU, ...]`` branch) is the only place that turns ``ACCELERATE_USE_FSDP`` into
+    ``DistributedType.FSDP``; on CPUs the state is ``MULTI_CPU`` and ``prepare`` silently wraps the model
+    in DDP instead (or, with ``cpu=False``, every process trains alone). torch's FSDP2 (``fully_shard``)
+    itself runs on CPU with gloo, so vlalign hands accelerate the FSDP plugin of the launch config and
+    accelerate shards the model exactly as it does on GPUs. FSDP1 has no CPU support and is refused.
     """
-    spe = steps_per_epoch(num_rows, global_batch)
-    epoch, pos = divmod(step, spe)
-    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = torch.randperm(num_rows, generator=gen)
-    return perm[pos * global_batch : (pos + 1) * global_batch].tolist()
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-
-def local_micro_batches(indices: Sequence[int], rank: int, world: int, micro: int) -> list[list[int]]:
-    """This process's share of a global batch, split into micro-batches of ``micro`` rows."""
-    per_proc = len(indices) // world
-    mine = list(indices[rank * per_proc : (rank + 1) * per_proc])
-    return [mine[i : i + micro] for i in range(0, len(mine), micro)]
-
-
-def total_steps(cfg: Any, num_rows: int, world: int) -> int:
-    gb = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * world
-    return cfg.max_steps or max(1, int(cfg.num_epochs * steps_per_epoch(num_rows, gb)))
-
-
-# ---------------------------------------------------------------------------------------------- the loop
-
-
-@dataclass
-class StepResult:
-    """What a micro-step returns. ``loss_sum`` is the sum of per-unit losses (graph attached);
-    ``metric_sums`` are sums over units (divided by the global unit count when logged)."""
-
-    loss_sum: torch.Tensor
-    metric_sums: dict[str, torch.Tensor] = field(default_factory=dict)
-    tokens: int = 0  # tokens processed (throughput)
-
-
-class NonFiniteError(RuntimeError):
-    """Too many consecutive non-finite steps: the run cannot recover by skipping batches."""
-
-
-@dataclass
-class LoopSpec:
-    """What :func:`train_loop` needs from a trainer."""
-
-    model: Any
-    optimizer: Any
-    scheduler: Any
-    batches: Callable[[list[int]], Any]  # row indices -> Batch (collated, on CPU)
-    units: Callable[[Any], int]  # Batch -> number of loss units in it (pairs, tokens)
-    micro_step: Callable[[Any], StepResult]  # Batch on device -> StepResult
-    num_rows: int
-    unit_name: str = "pairs"  # for the throughput metric name
-
-
-def _reduce_sum(acc: Any, values: torch.Tensor) -> torch.Tensor:
-    return acc.reduce(values.to(acc.device), reduction="sum") if acc.num_processes > 1 else values
-
-
-def run_optimizer_step(acc: Any, spec: LoopSpec, cfg: Any, step: int) -> tuple[bool, dict[str, float], list[str]]:
-    """One optimizer step: accumulate over micro-batches, normalise globally, guard, clip, step.
-
-    Returns (finite, metrics, row ids of this process's batch).
-    """
-    gb = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
-    indices = global_batch_indices(step, spec.num_rows, gb, cfg.seed)
-    micro_idx = local_micro_batches(indices, acc.process_index, acc.num_processes, cfg.per_device_batch_size)
-    batches = [spec.batches(ix) for ix in micro_idx]
-    local_units = torch.tensor(float(sum(spec.units(b) for b in batches)))
-    global_units = float(_reduce_sum(acc, local_units).item())
-    # accelerate divides by gradient_accumulation_steps and DDP averages over processes: undo both.
-    scale = cfg.gradient_accumulation_steps * acc.num_processes / max(global_units, 1.0)
-
-    t0 = time.perf_counter()
-    sums: dict[str, float] = {}
-    loss_total, tokens = 0.0, 0
-    for batch in batches:
-        # autocast here (not only inside the wrapped forward): the output head is applied to the
-        # selected response positions outside model.forward and must see the same precision.
-        with acc.accumulate(spec.model), acc.autocast():
-            res = spec.micro_step(batch.to(acc.device))
-            acc.backward(res.loss_sum * scale)
-        loss_total += float(res.loss_sum.detach())
-        tokens += res.tokens
-        for k, v in res.metric_sums.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-    max_norm = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
-    grad_norm = acc.clip_grad_norm_(spec.model.parameters(), max_norm)
-    # DeepSpeed clips inside its engine and may report no norm: unknown counts as finite (logged NaN).
-    norm_known = grad_norm is not None
-    grad_norm = float(grad_norm) if norm_known else float("nan")
-
-    keys = sorted(sums)
-    packed = torch.tensor([loss_total, float(tokens), *[sums[k] for k in keys]], dtype=torch.float64)
-    packed = _reduce_sum(acc, packed)
-    finite = math.isfinite(float(packed[0])) and (math.isfinite(grad_norm) or not norm_known)
-    flag = _reduce_sum(acc, torch.tensor([0.0 if finite else 1.0]))
-    finite = float(flag.item()) == 0.0
-    if finite:
-        spec.optimizer.step()
-        spec.scheduler.step()
-    spec.optimizer.zero_grad(set_to_none=True)
-    dt = time.perf_counter() - t0
-
-    metrics = {"loss": float(packed[0]) / max(global_units, 1.0), f"{spec.unit_name}_per_s": global_units / dt}
-    metrics.update({k: float(packed[2 + i]) / max(global_units, 1.0) for i, k in enumerate(keys)})
-    metrics.update(
-        grad_norm=grad_norm,
-        lr=spec.scheduler.get_last_lr()[0],
-        tokens_per_s=float(packed[1]) / dt,
-        step_time_s=dt,
-    )
-    row_ids = [i for b in batches for i in b.ids]
-    return finite, metrics, row_ids
+    plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables `accelerate launch` set
+    if plugin.fsdp_version != 2:
+        raise ValueError("FSDP on CPU processes needs fsdp_version: 2 in the accelerate config (torch's FSDP1 "
+                         "has no CPU/gloo support); see configs/accelerate/fsdp_cpu_2proc.yaml")
+    acc.state.distributed_type = DistributedType.FSDP
+    acc.state.fsdp_plugin = plugin
 
 
 def memory_metrics() -> dict[str, float]:
@@ -323,49 +254,6 @@ def memory_metrics() -> dict[str, float]:
     if torch.cuda.is_available():
         out["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
-
-
-def train_loop(acc: Any, spec: LoopSpec, cfg: Any, start_step: int, total: int, log: Any, ckpt: Any) -> int:
-    """Run optimizer steps ``start_step .. total-1``; returns the number of skipped (non-finite) steps.
-
-    ``log(step, metrics)`` records metrics; ``ckpt(step_done, state)`` writes a checkpoint.
-    A non-finite loss or gradient skips the update, is reported with the batch's row ids, and aborts
-    after ``cfg.max_consecutive_nonfinite`` in a row; checkpoints are only written after finite steps.
-    """
-    spec.model.train()
-    consecutive, skipped = 0, 0
-    for step in range(start_step, total):
-        finite, metrics, row_ids = run_optimizer_step(acc, spec, cfg, step)
-        if not finite:
-            consecutive += 1
-            skipped += 1
-            all_ids = _gather_ids(acc, row_ids)
-            log.warning(
-                f"step {step + 1}: non-finite loss or gradient (loss={metrics['loss']}, "
-                f"grad_norm={metrics['grad_norm']}); update skipped. Rows: {', '.join(all_ids)}"
-            )
-            log.event(step + 1, {"event": "nonfinite_skip", "row_ids": all_ids, **metrics})
-            if consecutive >= cfg.max_consecutive_nonfinite:
-                raise NonFiniteError(
-                    f"{consecutive} consecutive steps had a non-finite loss or gradient (last rows: "
-                    f"{', '.join(all_ids)}). Lower learning_rate, set max_grad_norm, check those rows, or use "
-                    "fp32 (mixed_precision=no)."
-                )
-            continue
-        consecutive = 0
-        if (step + 1) % cfg.logging_steps == 0 or step + 1 == total:
-            log.step(step + 1, {**metrics, **memory_metrics(), "skipped_steps": skipped})
-        if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < total:
-            ckpt(step + 1, {"skipped_steps": skipped})
-    return skipped
-
-
-def _gather_ids(acc: Any, ids: list[str]) -> list[str]:
-    if acc.num_processes == 1:
-        return list(ids)
-    from accelerate.utils import gather_object
-
-    return [str(i) for i in gather_object(list(ids))]
 
 
 def chunks(seq: Sequence[int], size: int) -> Iterator[list[int]]:

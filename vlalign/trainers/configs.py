@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from vlalign.config import BaseConfig
 from vlalign.hub import HubConfig
 from vlalign.models.load import ModelConfig
+from vlalign.monitors import MonitorSpec
 
 
 class DataConfig(BaseConfig):
@@ -28,6 +29,17 @@ class DataConfig(BaseConfig):
     max_length: int = Field(512, ge=8, description="prompt + image tokens + response; responses are cut first")
 
 
+class TrainDataConfig(DataConfig):
+    """The training data plus where its held-out rows come from (SFT, DPO: evaluated every ``eval_steps``)."""
+
+    eval: str | None = Field(None, description="held-out file/folder in any supported format (same kind of rows)")
+    eval_fraction: float = Field(
+        0.0, ge=0, lt=1, description="hold this share of data.train out of training for evaluation (a fixed, "
+        "seeded choice of rows); used when data.eval is not set",
+    )
+    eval_limit: int | None = Field(None, ge=1, description="evaluate on the first N held-out rows only")
+
+
 class TrainConfig(BaseConfig):
     """Shared by every trainer. The effective (global) batch per optimizer step is
     ``per_device_batch_size × gradient_accumulation_steps × num_processes``.
@@ -38,7 +50,7 @@ class TrainConfig(BaseConfig):
     output_dir: str
     seed: int = 0
     model: ModelConfig
-    data: DataConfig
+    data: TrainDataConfig
 
     per_device_batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
@@ -69,12 +81,31 @@ class TrainConfig(BaseConfig):
         True, description="DDP: allow trainable parameters that get no gradient (frozen-in-practice VLM parts)"
     )
 
+    deterministic: bool = Field(
+        False, description="bit-identical reruns on one machine: torch.use_deterministic_algorithms, a fixed "
+        "thread count (num_threads, default 1), every RNG seeded (see docs/distributed.md)",
+    )
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads for the run (None = torch's default)")
+
     logging_steps: int = Field(1, ge=1)
     report_to: list[str] = Field(default_factory=list, description="accelerate trackers, e.g. [tensorboard]")
     progress: bool = Field(True, description="console progress bar")
     save_steps: int = Field(0, ge=0, description="checkpoint every N optimizer steps; 0 = no checkpoints")
     save_total_limit: int = Field(2, ge=1, description="keep the newest N checkpoints")
     resume: bool = Field(False, description="continue from the newest complete checkpoint in output_dir")
+    overwrite: bool = Field(
+        False, description="a fresh run (resume: false) in an output_dir that holds checkpoints is refused "
+        "unless this is true, which deletes them (and the old metrics, final model and summary) first",
+    )
+    resume_allow_changes: list[str] = Field(
+        default_factory=list, description="config keys (dotted, e.g. learning_rate, data.train) allowed to differ "
+        "from the checkpoint's when resuming; any other change that alters the optimisation is refused",
+    )
+    eval_steps: int = Field(0, ge=0, description="evaluate on the held-out rows every N steps (0 = never)")
+    monitors: list[MonitorSpec] = Field(
+        default_factory=list, description="failure-mode monitors fed every logged step, e.g. "
+        "[{name: preference_overfit, action: stop}] (vlalign.monitors)",
+    )
     max_consecutive_nonfinite: int = Field(3, ge=1, description="abort after this many skipped steps in a row")
     save_merged: bool = Field(True, description="LoRA: also save a merged full model in output_dir/final")
     hub: HubConfig = Field(default_factory=HubConfig, description="model card and hub upload at the end (vlalign.hub)")

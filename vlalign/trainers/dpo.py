@@ -5,8 +5,11 @@ each pair's preprocessed image — with the shared-prefix forward (``forward: au
 the families where it is verified exact) packed as one row per pair [prompt+image, chosen, rejected]
 so the prompt and image are computed once (vlalign.models.shared_prefix); only response-token
 log-probs are computed; reference log-probs come
-from the on-disk cache or the adapter-disabled policy (never a second model copy); then the objective
-picked by name from ``PREFERENCE_LOSSES`` turns them into per-pair losses.
+from the on-disk cache (keyed by the reference weights, the rows and the settings; scored before any
+checkpoint is restored) or the adapter-disabled policy (never a second model copy); then the objective
+picked by name from ``PREFERENCE_LOSSES`` turns them into per-pair losses. With held-out pairs
+(``data.eval`` / ``data.eval_fraction``) and ``eval_steps``, ``eval/accuracy`` and ``eval/loss`` are
+logged, which the ``preference_overfit`` monitor watches.
 
 Extra response blocks, added only for the losses that need them:
 - ``mdpo``: the chosen answer again under a corrupted image (conditional term);
@@ -24,11 +27,17 @@ from vlalign.data.collate import CollateConfig, EncodedDataset
 from vlalign.models.shared_prefix import pick_pair_forward
 from vlalign.objectives.preference import kto_kl_reference
 from vlalign.objectives.preference_registry import PREFERENCE_LOSSES, PreferenceBatchLogps
-from vlalign.trainers.common import LoopSpec, StepResult, train_loop
 from vlalign.trainers.configs import DPOConfig
-from vlalign.trainers.reference import AdapterReference, CachedReference, build_reference_cache, fingerprint
+from vlalign.trainers.reference import (
+    AdapterReference,
+    CachedReference,
+    build_reference_cache,
+    cache_key,
+    weights_fingerprint,
+)
 from vlalign.trainers.replay import Replay, build_replay, replay_nll
-from vlalign.trainers.run import finish_run, start_run
+from vlalign.trainers.run import data_fingerprint, evaluate_sums, finish_run, start_run
+from vlalign.trainers.step import StepResult, mean_over
 
 # loss name -> extra response block it needs (see vlalign.data.collate.EXTRA_BLOCKS)
 EXTRA_BLOCK_OF = {"mdpo": "corrupted", "kto": "mismatched"}
@@ -122,42 +131,66 @@ def dpo_micro_step(model: Any, batch: Any, objective: Any, hparams: dict, refere
     return StepResult(loss_sum, {k: v.detach() for k, v in sums.items()}, int(batch.inputs["attention_mask"].sum()))
 
 
-def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> dict[str, Any]:
+def reference_settings(cfg: DPOConfig, extra: str | None, forward_name: str) -> dict[str, Any]:
+    """What the cached reference log-probs depend on besides the weights and the rows."""
+    return {"max_length": cfg.data.max_length, "max_pixels": cfg.model.max_pixels, "extra": extra, "kind": "pair",
+            "loss": cfg.loss, "forward": forward_name}
+
+
+def train_dpo(cfg: DPOConfig, records: list[Any] | None = None, stop_after: int | None = None) -> dict[str, Any]:
     """Run a DPO-family objective as configured; returns the run summary."""
     objective = PREFERENCE_LOSSES.get(cfg.loss)
     hparams = loss_hparams(cfg, objective)
     mode = reference_mode(cfg, objective)
     extra = EXTRA_BLOCK_OF.get(cfg.loss)
-    run = start_run(cfg, records)
     collate_cfg = CollateConfig(cfg.data.max_length, cfg.model.max_pixels)
-    dataset = EncodedDataset(run.records, run.processor, collate_cfg, "pair", extra=extra)
-    dataset.check_all()
-    replay = build_replay(cfg, run.processor, collate_cfg, run.log)
-    forward_name, forward, reason = pick_pair_forward(cfg.forward, run.model, extra)
-    why = f"; not shared_prefix: {reason}" if reason else ""
-    run.log.info(f"pair forward: {forward_name} (forward={cfg.forward}{why})")
+    ctx: dict[str, Any] = {}
 
-    reference = None
-    if mode == "cache":
-        settings = {"max_length": cfg.data.max_length, "extra": extra, "kind": "pair"}
-        fp = fingerprint(cfg.model, run.records, settings)
-        cache_dir = Path(cfg.reference.cache_dir or Path(cfg.output_dir) / "reference_cache")
-        table = build_reference_cache(run.acc, run.model, dataset, cache_dir / f"ref_logps-{fp}.pt",
-                                      cfg.reference.batch_size, run.log, forward)
-        reference = CachedReference(table)
-    elif mode == "adapter":
-        reference = AdapterReference(forward)
+    def on_load(run: Any, model: Any) -> None:  # the reference = these weights, as loaded
+        if mode == "cache":
+            ctx["weights"] = weights_fingerprint(model)
 
-    spec = LoopSpec(
-        model=run.model,
-        optimizer=run.optimizer,
-        scheduler=run.scheduler,
-        batches=dataset.batch,
-        units=lambda b: b.num_records,
-        micro_step=lambda b: dpo_micro_step(run.model, b, objective, hparams, reference, extra, cfg.sft_weight,
-                                                forward, replay),
-        num_rows=len(dataset),
-        unit_name="pairs",
-    )
-    skipped = train_loop(run.acc, spec, cfg, run.start_step, run.total, run.log, run.checkpoint)
-    return finish_run(run, skipped + int(run.state.get("skipped_steps", 0)))
+    def before_resume(run: Any) -> None:
+        """Datasets, the pair forward and the reference pass — on the weights as loaded, before any
+        checkpoint is restored (a resumed run never scores its reference with the trained policy)."""
+        ctx["train"] = EncodedDataset(run.records, run.processor, collate_cfg, "pair", extra=extra)
+        ctx["train"].check_all()
+        run.source.collate = ctx["train"].batch
+        name, ctx["forward"], reason = pick_pair_forward(cfg.forward, run.model, extra)
+        run.log.info(f"pair forward: {name} (forward={cfg.forward}{f'; not shared_prefix: {reason}' if reason else ''})")
+        sets = [("train", run.records)]
+        if run.eval_records:
+            ctx["eval"] = EncodedDataset(run.eval_records, run.processor, collate_cfg, "pair", extra=extra)
+            ctx["eval"].check_all()
+            sets.append(("eval", run.eval_records))
+        for which, rows in sets:
+            if mode == "cache":
+                key = cache_key(ctx["weights"], data_fingerprint(rows), reference_settings(cfg, extra, name))
+                cache_dir = Path(cfg.reference.cache_dir or Path(cfg.output_dir) / "reference_cache")
+                table = build_reference_cache(run.acc, run.model, ctx[which], cache_dir / f"ref_logps-{key[:20]}.pt",
+                                              cfg.reference.batch_size, run.log, ctx["forward"], key=key)
+                ctx[f"{which}_reference"] = CachedReference(table)
+            else:
+                ctx[f"{which}_reference"] = AdapterReference(ctx["forward"]) if mode == "adapter" else None
+
+    run = start_run(cfg, records, on_load=on_load, before_resume=before_resume)
+    try:
+        replay = build_replay(cfg, run.processor, collate_cfg, run.log)
+        loss_fn = mean_over("pairs", lambda b: dpo_micro_step(run.model, b, objective, hparams, ctx["train_reference"],
+                                                              extra, cfg.sft_weight, ctx["forward"], replay))
+        if "eval" in ctx:
+            run.evaluate = lambda: evaluate_sums(
+                run, ctx["eval"], lambda b: dpo_micro_step(run.model, b, objective, hparams, ctx["eval_reference"], extra,
+                                                           cfg.sft_weight, ctx["forward"]),
+                lambda b: b.num_records, cfg.per_device_batch_size)
+        run.stop_after = stop_after
+
+        for step in run.steps():
+            outcome = run.update(run.source.micro_batches(step), loss_fn, lambda b: {"pairs": b.num_records},
+                                 where=step + 1)
+            if run.end_step(step, outcome.metrics, outcome.finite):
+                break
+    except BaseException:
+        run.close()
+        raise
+    return finish_run(run)

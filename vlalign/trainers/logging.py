@@ -8,6 +8,7 @@ line up (a resumed run appends to the same file).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,18 +16,26 @@ from typing import Any
 
 
 class RunLogger:
-    def __init__(self, acc: Any, output_dir: str | Path, total: int, start: int, progress: bool, cfg: Any) -> None:
+    """Created at the start of a run (console messages work at once); :meth:`begin` then opens the
+    metrics log at the step the run starts from and shows the progress bar."""
+
+    def __init__(self, acc: Any, output_dir: str | Path, cfg: Any) -> None:
         self.acc = acc
         self.path = Path(output_dir) / "metrics.jsonl"
         self.main = acc.is_main_process
         self.trackers = bool(getattr(cfg, "report_to", None))
+        self.progress = bool(getattr(cfg, "progress", False))
+        self.output_dir, self.cfg = Path(output_dir), cfg
         self.t0 = time.time()
         self._bar = None
-        if self.main and self.path.exists():  # a fresh run (start 0) starts a fresh log
+
+    def begin(self, total: int, start: int) -> RunLogger:
+        """Keep the logged rows up to step ``start`` (a fresh run: none) and start the progress bar."""
+        if self.main and self.path.exists():
             self._truncate_after(start)
         if self.trackers:
-            acc.init_trackers(Path(output_dir).name, config=_flat(cfg.model_dump(mode="json")))
-        if self.main and progress:
+            self.acc.init_trackers(self.output_dir.name, config=_flat(self.cfg.model_dump(mode="json")))
+        if self.main and self.progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._bar = Progress(
@@ -35,6 +44,7 @@ class RunLogger:
             )
             self._task = self._bar.add_task("train", total=total, completed=start, info="")
             self._bar.start()
+        return self
 
     def step(self, step: int, metrics: dict[str, float]) -> None:
         """Record one optimizer step's metrics (main process only writes)."""
@@ -50,6 +60,7 @@ class RunLogger:
             self._bar.update(self._task, completed=step, info=info)
 
     def event(self, step: int, payload: dict[str, Any]) -> None:
+        """An event row (non-finite skip, monitor alert, evaluation...) at ``step``."""
         if self.main:
             self._write({"step": step, **payload})
 
@@ -68,9 +79,13 @@ class RunLogger:
             self.acc.end_training()
 
     def _truncate_after(self, step: int) -> None:
-        """Drop rows logged after step ``step`` (resume: those steps are about to be redone)."""
-        keep = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        """Drop rows logged after step ``step`` (resume: those steps are about to be redone), and any torn
+        line a killed run left (named in a warning)."""
+        rows = parse_metrics_lines(self.path, self.warning)
+        keep = [json.dumps(r) for r in rows if isinstance(r.get("step"), int) and r["step"] <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
 
     def _write(self, row: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +105,30 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def parse_metrics_lines(path: Path, warn: Any = None) -> list[dict[str, Any]]:
+    """The rows of a metrics JSONL file; a line that is not a JSON object (a torn last line written by a
+    killed run, or damage in the middle) is skipped and named in ``warn(message)``."""
+    rows = []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise TypeError("not a JSON object")
+        except (ValueError, TypeError) as exc:
+            where = "its last line (torn: the writing run was killed)" if i == len(lines) - 1 else f"line {i + 1}"
+            if warn is not None:
+                warn(f"{path}: skipped {where}, which is not a JSON row ({exc})")
+            continue
+        rows.append(row)
+    return rows
+
+
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
-    """All rows of ``metrics.jsonl`` (for tests, plots and monitors)."""
+    """All rows of ``metrics.jsonl`` (for tests, plots and monitors); torn lines are skipped with a warning."""
+    import warnings
+
     p = Path(output_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+    return parse_metrics_lines(p, lambda m: warnings.warn(m, stacklevel=2)) if p.exists() else []

@@ -13,16 +13,17 @@ The critic, by config:
 - ``critic: separate`` its own copy of the backbone + a value head (the InstructGPT layout; twice the
                        memory, but the value loss cannot disturb the policy).
 
-Its modules live in ``state.modules``, so the shared loop trains them with the policy, saves them in
-checkpoints (exact resume) and writes ``<name>.pt`` at the end. All formulas come from
-:mod:`vlalign.objectives`; this file only wires them.
+The critics are prepared with the policy (DDP/FSDP synchronise their gradients too), trained by the
+same optimizer, saved in checkpoints (exact resume) and written as ``<name>.pt`` at the end. All
+formulas come from :mod:`vlalign.objectives`; this file wires them, and :func:`train_ppo` shows the
+loop: rollout → score → KL → values → GAE → whiten → update.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -30,10 +31,10 @@ from torch import nn
 
 from vlalign.objectives import (
     ADVANTAGE_ESTIMATORS,
+    PG_LOSS_AGGREGATIONS,
     AdaptiveKLController,
     FixedKLController,
     kl_estimate,
-    masked_mean,
     masked_sum,
     masked_whiten,
     ppo_policy_loss,
@@ -41,7 +42,22 @@ from vlalign.objectives import (
     zero_masked,
 )
 from vlalign.registry import Registry
-from vlalign.trainers.rl_common import RL_ALGORITHMS, RLAlgorithm, RLConfig, RLState, outcome_token_rewards
+from vlalign.trainers.dist import global_masked_stats
+from vlalign.trainers.rl_common import (
+    RL_TRAINERS,
+    RLConfig,
+    RLRun,
+    finish_rl,
+    global_kl_metrics,
+    outcome_token_rewards,
+    replay_share,
+    rollout,
+    score,
+    set_replay_keys,
+    start_rl_run,
+    update,
+)
+from vlalign.trainers.step import LossFn, Share
 
 
 class PPOConfig(RLConfig):
@@ -131,171 +147,199 @@ def token_values(position_values: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return zero_masked(shifted, mask)
 
 
-def _device(state: RLState) -> torch.device:
-    return next(state.policy.parameters()).device
-
-
-def policy_forward(state: RLState, mb: Any, need_hidden: bool) -> tuple[torch.Tensor, ...]:
-    """(logps (N, T), entropy (N, T), hidden (N, T, H) or None) of a minibatch under the current policy."""
-    from vlalign.models.logprobs import response_logprobs
-
-    out = response_logprobs(state.policy, mb.model_inputs(), mb.response_mask.bool(), return_entropy=True,
-                            temperature=state.cfg.rollout.temperature, return_hidden=need_hidden)
-    return out[0], out[2], (out[3] if need_hidden else None)
-
-
 @torch.no_grad()
-def rollout_values(state: RLState, exp: Any, names: list[str]) -> dict[str, torch.Tensor]:
+def rollout_values(run: RLRun, exp: Any, names: list[str]) -> dict[str, torch.Tensor]:
     """V(s_t) (N, T) of every critic in ``names`` on the rollout (no grad; one policy forward at most)."""
     from vlalign.models.logprobs import last_hidden_states
 
-    device = _device(state)
+    policy = run.policy
+    device = next(policy.parameters()).device
     inputs = {k: v.to(device) for k, v in exp.model_inputs().items()}
     mask = exp.response_mask.to(device)
-    critics = [state.modules[n] for n in names]
-    was_training = state.policy.training
-    state.policy.eval()
+    critics = [run.acc.unwrap_model(run.modules[n]) for n in names]
+    was_training = policy.training
+    policy.eval()
     try:
-        hidden = last_hidden_states(state.policy, inputs) if any(c.needs_policy_hidden for c in critics) else None
+        hidden = last_hidden_states(policy, inputs) if any(c.needs_policy_hidden for c in critics) else None
         return {n: token_values(c(inputs, hidden).float(), mask).cpu() for n, c in zip(names, critics, strict=True)}
     finally:
-        state.policy.train(was_training)
+        policy.train(was_training)
 
 
-# ---------------------------------------------------------------------------------------------- PPO
+# ------------------------------------------------------------------------------ plain functions
 
 
-@RL_ALGORITHMS.register("ppo")
-class PPO(RLAlgorithm):
-    name = "ppo"
-    uses_values = True
-    critic_names: ClassVar[list[str]] = ["value"]  # module names in state.modules; Safe-PPO adds "cost_value"
+def critics(cfg: PPOConfig, names: list[str]) -> Any:
+    """``modules(policy)`` for :func:`start_rl_run`: one critic of kind ``cfg.critic`` per name."""
+    return lambda policy: {name: CRITICS.get(cfg.critic)(policy) for name in names}
 
-    def setup(self, state: RLState) -> None:
-        cfg = state.cfg
-        state.extra["kl_ctl"] = KL_CONTROLLERS.get(cfg.kl_controller)(cfg)
-        for name in self.critic_names:
-            state.modules[name] = CRITICS.get(cfg.critic)(state.policy)
 
-    def adjust_optimizer(self, optimizer: torch.optim.Optimizer, state: RLState) -> None:
-        """Move the critics' parameters into their own group at ``critic_learning_rate``."""
-        lr = state.cfg.critic_learning_rate
-        if lr is None:
-            return
-        ids = {id(p) for n in self.critic_names for p in state.modules[n].parameters() if p.requires_grad}
+def critic_learning_rate(cfg: PPOConfig) -> Any:
+    """``adjust_optimizer`` for :func:`start_rl_run`: the critics' parameters in their own group at
+    ``critic_learning_rate`` (None: leave the optimizer as it is)."""
+    if cfg.critic_learning_rate is None:
+        return None
+
+    def adjust(optimizer: torch.optim.Optimizer, modules: dict[str, nn.Module]) -> None:
+        ids = {id(p) for m in modules.values() for p in m.parameters() if p.requires_grad}
         group = optimizer.param_groups[0]
         critic_params = [p for p in group["params"] if id(p) in ids]
         group["params"] = [p for p in group["params"] if id(p) not in ids]
-        optimizer.add_param_group({"params": critic_params, "lr": lr})
+        optimizer.add_param_group({"params": critic_params, "lr": cfg.critic_learning_rate})
 
-    def needs_old_logprobs(self, cfg: RLConfig) -> bool:
-        return super().needs_old_logprobs(cfg) or cfg.kl_coef > 0  # the KL penalty / controller needs π_old
+    return adjust
 
-    def _kl(self, exp: Any, state: RLState) -> tuple[torch.Tensor | None, dict[str, float]]:
-        """Per-token KL(π_old ‖ π_ref) (N, T) of the rollout, or None when there is no reference."""
-        cfg = state.cfg
-        if cfg.kl_coef <= 0 or exp.ref_logprobs is None:
-            return None, {}
-        mask = exp.response_mask
-        kl = kl_estimate(exp.old_logprobs, exp.ref_logprobs, kind=cfg.kl_estimator, mask=mask)  # (N, T)
-        seq_kl = masked_sum(kl, mask, dim=-1)  # (N,)
-        ctl = state.extra["kl_ctl"]
-        metrics = {"kl/mean": float(masked_mean(kl, mask)), "kl/seq_mean": float(seq_kl.mean()),
-                   "kl/coef": ctl.value}
-        return kl, metrics
 
-    def _gae(self, exp: Any, state: RLState, scores: torch.Tensor, values: torch.Tensor,
-             kl_penalty: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores (N,) on the last token, + ``kl_penalty`` (N, T) per token, GAE → (advantages, returns)."""
-        cfg = state.cfg
-        token_rewards = outcome_token_rewards(scores, exp.response_mask)  # (N, T)
-        if kl_penalty is not None:
-            token_rewards = token_rewards + kl_penalty
-        out = ADVANTAGE_ESTIMATORS.get("gae")(token_rewards, exp.response_mask, values=values,
-                                              gamma=cfg.gamma, lam=cfg.lam)
-        return out.advantages, out.returns
+def rollout_kl(run: RLRun, exp: Any) -> tuple[torch.Tensor | None, dict[str, float]]:
+    """Per-token KL(π_old ‖ π_ref) (N, T) of the rollout (None without a reference) and its global metrics."""
+    if not run.uses_reference or exp.ref_logprobs is None:
+        return None, {}
+    mask = exp.response_mask
+    kl = kl_estimate(exp.old_logprobs, exp.ref_logprobs, kind=run.cfg.kl_estimator, mask=mask)  # (N, T)
+    return kl, {**global_kl_metrics(run, kl, mask), "kl/coef": run.extra["kl_ctl"].value}
 
-    def _scores(self, raw: torch.Tensor, state: RLState) -> torch.Tensor:
-        if not state.cfg.whiten_rewards:
-            return raw
-        return masked_whiten(raw, torch.ones_like(raw), shift_mean=False)  # (N,)
 
-    def prepare(self, exp: Any, state: RLState) -> tuple[Any, dict[str, float]]:
-        cfg = state.cfg
-        kl, metrics = self._kl(exp, state)
-        beta = state.extra["kl_ctl"].value
-        penalty = -beta * kl if (kl is not None and cfg.kl_in_reward) else None  # (N, T)
-        values = rollout_values(state, exp, self.critic_names)
-        adv, returns = self._gae(exp, state, self._scores(exp.rewards, state), values["value"], penalty)
-        exp.values, exp.returns = values["value"], returns
-        exp.advantages = self._finish_advantages(adv, exp, state)
-        metrics.update(self._value_metrics("value", values["value"], returns, exp.response_mask))
-        self._update_kl_controller(kl, exp, state)
-        return exp, metrics
+def gae_advantages(cfg: PPOConfig, exp: Any, scores: torch.Tensor, values: torch.Tensor,
+                   kl_penalty: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores (N,) on the last token, + ``kl_penalty`` (N, T) per token, GAE → (advantages, returns)."""
+    token_rewards = outcome_token_rewards(scores, exp.response_mask)  # (N, T)
+    if kl_penalty is not None:
+        token_rewards = token_rewards + kl_penalty
+    out = ADVANTAGE_ESTIMATORS.get("gae")(token_rewards, exp.response_mask, values=values, gamma=cfg.gamma, lam=cfg.lam)
+    return out.advantages, out.returns
 
-    def _finish_advantages(self, adv: torch.Tensor, exp: Any, state: RLState) -> torch.Tensor:
-        mask = exp.response_mask
-        return masked_whiten(adv, mask) if state.cfg.whiten_advantages else zero_masked(adv, mask)
 
-    def _update_kl_controller(self, kl: torch.Tensor | None, exp: Any, state: RLState) -> None:
-        """After the advantages (which used the current β): move β toward the target KL per response."""
-        if kl is not None:
-            seq_kl = masked_sum(kl, exp.response_mask, dim=-1)  # (N,)
-            state.extra["kl_ctl"].update(float(seq_kl.mean()), exp.num_rows)
+def scaled_scores(run: RLRun, raw: torch.Tensor) -> torch.Tensor:
+    """``whiten_rewards``: the rollout's scores divided by their std over every process (mean kept)."""
+    if not run.cfg.whiten_rewards:
+        return raw
+    ones = torch.ones_like(raw)
+    return masked_whiten(raw, ones, shift_mean=False, stats=global_masked_stats(run.dist, raw, ones))  # (N,)
 
-    @staticmethod
-    def _value_metrics(prefix: str, values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> dict:
-        """Mean value and explained variance 1 − Var(R − V)/Var(R) (1 = perfect critic, ≤ 0 = useless)."""
-        var_r = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
-        var_e = masked_mean((returns - values - masked_mean(returns - values, mask)) ** 2, mask)
-        ev = float(1 - var_e / var_r) if float(var_r) > 0 else 0.0
-        return {f"{prefix}/mean": float(masked_mean(values, mask)), f"{prefix}/explained_var": ev}
 
-    def _stored(self, mb: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(old values, returns) (N, T) of critic ``name`` in a minibatch."""
-        if name == "value":
-            return mb.values, mb.returns
-        return mb.extras[f"{name}/values"], mb.extras[f"{name}/returns"]
+def final_advantages(run: RLRun, adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Whiten over every process's response tokens (``whiten_advantages``), else just mask."""
+    if not run.cfg.whiten_advantages:
+        return zero_masked(adv, mask)
+    return masked_whiten(adv, mask, stats=global_masked_stats(run.dist, adv, mask))
 
-    def loss(self, mb: Any, state: RLState) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg = state.cfg
-        critics = {n: state.modules[n] for n in self.critic_names}
-        need_hidden = any(c.needs_policy_hidden for c in critics.values())
-        logps, entropy, hidden = policy_forward(state, mb, need_hidden)
+
+def value_metrics(run: RLRun, prefix: str, values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Mean value and explained variance 1 − Var(R − V)/Var(R) over every process (1 = perfect, ≤ 0 = useless)."""
+    mean_v, _ = global_masked_stats(run.dist, values, mask)
+    _, var_r = global_masked_stats(run.dist, returns, mask)
+    _, var_e = global_masked_stats(run.dist, returns - values, mask)
+    return {f"{prefix}/mean": mean_v, f"{prefix}/explained_var": 1 - var_e / var_r if var_r > 0 else 0.0}
+
+
+def update_kl_controller(run: RLRun, kl: torch.Tensor | None, exp: Any) -> None:
+    """After the advantages (which used the current β): move β toward the target KL per response."""
+    if kl is not None:
+        seq = masked_sum(kl, exp.response_mask, dim=-1)  # (N,)
+        totals = run.dist.sum_dict({"kl": float(seq.sum()), "rows": float(seq.numel())})
+        run.extra["kl_ctl"].update(totals["kl"] / max(totals["rows"], 1.0), int(totals["rows"]))
+
+
+def stored_values(mb: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(old values, returns) (N, T) of critic ``name`` in a minibatch."""
+    if name == "value":
+        return mb.values, mb.returns
+    return mb.extras[f"{name}/values"], mb.extras[f"{name}/returns"]
+
+
+def ppo_loss(run: RLRun, names: list[str]) -> LossFn:
+    """Clipped policy loss + ``vf_coef`` × each critic's clipped value loss, as the micro-batch's share."""
+    cfg = run.cfg
+    agg = PG_LOSS_AGGREGATIONS.get(cfg.loss_aggregation)
+
+    def loss_fn(mb: Any, totals: dict[str, float]) -> Share:
+        from vlalign.models.logprobs import response_logprobs
+
+        mods = {n: run.modules[n] for n in names}
+        need_hidden = any(run.acc.unwrap_model(c).needs_policy_hidden for c in mods.values())
         mask = mb.response_mask
+        out = response_logprobs(run.model, mb.model_inputs(), mask.bool(), return_entropy=True,
+                                temperature=cfg.rollout.temperature, return_hidden=need_hidden)
+        logps, entropy, hidden = out[0], out[2], (out[3] if need_hidden else None)
         old = mb.old_logprobs if mb.old_logprobs is not None else logps.detach()
-        kl_loss = not cfg.kl_in_reward and cfg.kl_coef > 0 and mb.ref_logprobs is not None
+        kl_loss = not cfg.kl_in_reward and run.uses_reference and mb.ref_logprobs is not None
         pg = ppo_policy_loss(
-            logps, old, mb.advantages, mask,
-            clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, aggregation=cfg.loss_aggregation,
-            norm_constant=float(cfg.rollout.max_new_tokens),
-            ref_logprobs=mb.ref_logprobs if kl_loss else None,
-            kl_coef=state.extra["kl_ctl"].value if kl_loss else 0.0, kl_kind=cfg.kl_estimator,
+            logps, old, mb.advantages, mask, clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high,
+            clip_c=cfg.dual_clip_c, aggregation=cfg.loss_aggregation, norm_constant=float(cfg.rollout.max_new_tokens),
+            ref_logprobs=mb.ref_logprobs if kl_loss else None, kl_coef=run.extra["kl_ctl"].value if kl_loss else 0.0,
+            kl_kind=cfg.kl_estimator, denominator=totals[agg.unit],
         )
-        metrics = {"policy/loss": float(pg.loss.detach()), "policy/clip_fraction": float(pg.clip_fraction),
-                   "policy/approx_kl": float(pg.approx_kl),
-                   "policy/entropy": float(masked_mean(entropy.detach(), mask))}
+        tokens = max(totals["tokens"], 1.0)
+        metrics = {"policy/loss": float(pg.loss.detach()), "policy/clip_fraction": float(pg.clipped_tokens) / tokens,
+                   "policy/approx_kl": float(pg.approx_kl_sum) / tokens,
+                   "policy/entropy": float((entropy.detach() * mask).sum()) / tokens}
         if kl_loss:
-            metrics["kl/loss_term"] = float(pg.kl)
+            metrics["kl/loss_term"] = float(pg.kl_sum) / tokens
         total = pg.loss
         inputs = mb.model_inputs()
-        for name, critic in critics.items():
+        for name, critic in mods.items():
             values = token_values(critic(inputs, hidden).float(), mask)  # (N, T)
-            old_values, returns = self._stored(mb, name)
-            v_loss = ppo_value_loss(values, old_values, returns, mask, clip_eps=cfg.value_clip_eps)
+            old_values, returns = stored_values(mb, name)
+            v_loss = ppo_value_loss(values, old_values, returns, mask, clip_eps=cfg.value_clip_eps,
+                                    denominator=totals["tokens"])
             metrics[f"{name}/loss"] = float(v_loss.detach())
             total = total + cfg.vf_coef * v_loss
-        return total, metrics
+        if run.replay is not None:
+            extra, replay_metrics = replay_share(run, mb, totals)
+            total = total + extra
+            metrics.update(replay_metrics)
+        return Share(total, metrics)
 
-    def state_dict(self, state: RLState) -> dict[str, Any]:
-        return {"kl_coef": state.extra["kl_ctl"].value}
-
-    def load_state_dict(self, state: RLState, saved: dict[str, Any]) -> None:
-        if "kl_coef" in saved:
-            state.extra["kl_ctl"].value = float(saved["kl_coef"])
+    return loss_fn
 
 
-def train_ppo(cfg: PPOConfig, **kwargs: Any) -> dict[str, Any]:
-    from vlalign.trainers.rl_common import run_rl
+def kl_controller(run: RLRun) -> Any:
+    """The run's KL controller (β), restored from the checkpoint when resuming."""
+    ctl = KL_CONTROLLERS.get(run.cfg.kl_controller)(run.cfg)
+    saved = run.state.get("algorithm", {})
+    if "kl_coef" in saved:
+        ctl.value = float(saved["kl_coef"])
+    run.extra["kl_ctl"] = ctl
+    return ctl
 
-    return run_rl(cfg, "ppo", **kwargs)
+
+def needs_old_logprobs(cfg: RLConfig) -> bool:
+    """π_old is needed with several updates per rollout, and for the KL penalty / controller."""
+    return cfg.ppo_epochs > 1 or cfg.num_minibatches > 1 or cfg.kl_coef > 0
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+def train_ppo(cfg: PPOConfig, stop_after: int | None = None) -> dict[str, Any]:
+    """Actor-critic PPO as configured; returns the run summary (``value.pt`` holds the critic)."""
+    names = ["value"]
+    run = start_rl_run(cfg, critics(cfg, names), critic_learning_rate(cfg), stop_after)
+    ctl = kl_controller(run)
+    run.save_state = lambda: {"algorithm": {"kl_coef": ctl.value}}
+    loss_fn = ppo_loss(run, names)
+    try:
+        for step in run.steps():
+            exp = rollout(run, step)                                     # K samples of this process's prompts
+            metrics = score(run, exp, need_old=needs_old_logprobs(cfg))  # log-probs, rewards, response stats
+            kl, kl_metrics = rollout_kl(run, exp)                        # KL(π_old ‖ π_ref) per token
+            metrics.update(kl_metrics)
+            penalty = -ctl.value * kl if (kl is not None and cfg.kl_in_reward) else None
+            values = rollout_values(run, exp, names)["value"]            # V(s_t) of the critic
+            adv, returns = gae_advantages(cfg, exp, scaled_scores(run, exp.rewards), values, penalty)
+            exp.values, exp.returns = values, returns
+            exp.advantages = final_advantages(run, adv, exp.response_mask)
+            metrics.update(value_metrics(run, "value", values, returns, exp.response_mask))
+            update_kl_controller(run, kl, exp)                           # β toward the target KL (adaptive)
+            set_replay_keys(run, exp, step)
+            update_metrics, finite = update(run, exp, loss_fn, step)     # epochs × minibatches of steps
+            metrics.update(update_metrics)
+            if run.end_step(step, metrics, finite):
+                break
+    except BaseException:
+        run.close()
+        raise
+    return finish_rl(run)
+
+
+RL_TRAINERS.register("ppo")(train_ppo)

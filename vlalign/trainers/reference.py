@@ -2,11 +2,15 @@
 
 Two sources, picked by ``reference.mode``:
 
-- ``cache``: before the first update, the policy (= the reference at step 0) scores every response
-  once, in eval mode, sharded over processes; the per-token log-probs of every row are saved to
-  ``<cache_dir>/ref_logps-<fingerprint>.pt``. The fingerprint hashes the model, the data, max_length,
-  image settings and the response blocks, so a changed input never reuses a stale cache, and an
-  identical rerun (or a resumed run) skips the pass. Training then costs one forward per step.
+- ``cache``: the reference model scores every response once, in eval mode, sharded over processes;
+  the per-token log-probs of every row are saved to ``<cache_dir>/ref_logps-<key>.pt``. The key
+  hashes everything the values depend on: the reference model's WEIGHTS as loaded (a hash of the
+  tensors, not the path — a retrained model saved under the same path gets a new key), the data rows,
+  the settings that change tokenisation or the scored blocks (max_length, image pixels, the loss and
+  its extra block, the forward) and the cache format / vlalign version. The file carries that key and
+  a checksum of its values and is verified on load; a mismatch is printed and the cache rebuilt.
+  The cache is only ever built from the weights as loaded — before any checkpoint is restored, so a
+  resumed run whose cache went missing re-scores with the reference, never with the trained policy.
 - ``adapter``: a LoRA policy with its adapter disabled *is* the reference; one extra no-grad forward
   per step, nothing on disk.
 
@@ -19,40 +23,42 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import vlalign
 from vlalign.models.logprobs import unwrap_model
 from vlalign.models.shared_prefix import batched_pair_logprobs
 
-
-def _file_signature(path: Path) -> list[Any]:
-    """Cheap identity of a model folder: every file's name, size and a hash of its first/last MiB."""
-    sig: list[Any] = []
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h = hashlib.sha256()
-        with f.open("rb") as fh:
-            h.update(fh.read(2**20))
-            if f.stat().st_size > 2**20:
-                fh.seek(-(2**20), 2)
-                h.update(fh.read())
-        sig.append([str(f.relative_to(path)), f.stat().st_size, h.hexdigest()])
-    return sig
+CACHE_FORMAT = 2  # bump when the layout or the meaning of the cached values changes
 
 
-def fingerprint(model_cfg: Any, records: Sequence[Any], settings: dict[str, Any]) -> str:
-    """Hash of (model weights identity, data rows, settings that change tokenization or the blocks)."""
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer as loaded (name, dtype, shape and bytes), in name order."""
     h = hashlib.sha256()
-    p = Path(model_cfg.name_or_path)
-    model_id = _file_signature(p) if p.is_dir() else [model_cfg.name_or_path, model_cfg.revision]
-    h.update(json.dumps([model_id, model_cfg.dtype, model_cfg.max_pixels, settings], sort_keys=True).encode())
-    for rec in records:
-        row = asdict(rec) if is_dataclass(rec) else dict(rec)
-        h.update(json.dumps(row, sort_keys=True, default=repr).encode())
-    return h.hexdigest()[:20]
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cache_key(weights: str, data: str, settings: dict[str, Any]) -> str:
+    """The cache's identity: reference weights, data rows, loss-relevant settings, code version."""
+    payload = {"weights": weights, "data": data, "settings": settings, "format": CACHE_FORMAT,
+               "vlalign": vlalign.__version__}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def table_checksum(table: dict[int, list[torch.Tensor]]) -> str:
+    h = hashlib.sha256()
+    for row in sorted(table):
+        for block in table[row]:
+            h.update(f"{row}:{block.numel()}|".encode())
+            h.update(block.detach().cpu().to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 @torch.no_grad()
@@ -74,13 +80,35 @@ def _score_rows(model: Any, dataset: Any, rows: Sequence[int], batch_size: int, 
     return out
 
 
+def load_verified(path: Path, key: str, num_rows: int) -> tuple[dict | None, str | None]:
+    """(table, None) when ``path`` holds the cache for ``key`` intact, else (None, why not)."""
+    if not path.is_file():
+        return None, "no cache file yet"
+    try:
+        payload = torch.load(path, weights_only=True)
+        header, table = payload["header"], payload["table"]
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is rebuilt, with the reason
+        return None, f"{path} is unreadable ({type(exc).__name__}: {exc})"
+    if header.get("key") != key:
+        return None, f"{path} was built for other inputs (key {str(header.get('key'))[:12]}…)"
+    if len(table) != num_rows or sorted(table) != list(range(num_rows)):
+        return None, f"{path} holds {len(table)} rows, the data has {num_rows}"
+    if header.get("checksum") != table_checksum(table):
+        return None, f"{path} is corrupt (its values do not match their checksum)"
+    return table, None
+
+
 def build_reference_cache(acc: Any, model: Any, dataset: Any, cache_path: Path, batch_size: int, log: Any,
-                          forward: Any = batched_pair_logprobs) -> dict:
-    """Compute (or load) the per-row reference token log-probs, sharded across processes."""
-    if cache_path.is_file():
-        log.info(f"reference log-probs: reusing cache {cache_path}")
-        return torch.load(cache_path, weights_only=True)
-    log.info(f"reference log-probs: scoring {len(dataset)} rows once -> {cache_path}")
+                          forward: Any = batched_pair_logprobs, key: str | None = None) -> dict:
+    """Load the verified cache for ``key`` at ``cache_path``, or score every row with ``model`` (which
+    MUST hold the reference weights: the caller runs this before any checkpoint is restored), sharded
+    across processes, and write it."""
+    key = key or cache_path.stem
+    table, why = load_verified(cache_path, key, len(dataset))
+    if table is not None:
+        log.info(f"reference log-probs: reusing verified cache {cache_path}")
+        return table
+    log.info(f"reference log-probs: scoring {len(dataset)} rows with the reference model -> {cache_path} ({why})")
     base = unwrap_model(model)
     was_training = base.training
     base.eval()
@@ -100,7 +128,8 @@ def build_reference_cache(acc: Any, model: Any, dataset: Any, cache_path: Path, 
     if acc.is_main_process:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_path.with_suffix(".tmp")
-        torch.save(scored, tmp)
+        header = {"key": key, "checksum": table_checksum(scored), "rows": n, "format": CACHE_FORMAT}
+        torch.save({"header": header, "table": scored}, tmp)
         tmp.replace(cache_path)
     acc.wait_for_everyone()
     base.train(was_training)
@@ -117,8 +146,12 @@ class CachedReference:
         blocks = batch.response_mask.shape[0] // batch.num_records
         values = [self.table[row][j] for j in range(blocks) for row in batch.rows]
         out = torch.zeros(batch.response_mask.shape, dtype=torch.float32, device=batch.response_mask.device)
+        flat = torch.cat(values).to(out.device)
+        if flat.numel() != int(batch.response_mask.sum()):
+            raise ValueError(f"reference cache: rows {batch.rows} hold {flat.numel()} cached tokens but the batch has "
+                             f"{int(batch.response_mask.sum())} response tokens; delete the cache to rebuild it")
         # Row-major boolean assignment: the response tokens of row 0, then row 1, ... as cached.
-        out[batch.response_mask] = torch.cat(values).to(out.device)
+        out[batch.response_mask] = flat
         return out
 
 

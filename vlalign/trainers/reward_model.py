@@ -29,9 +29,9 @@ from vlalign.data.collate import CollateConfig, EncodedDataset, collate, encode_
 from vlalign.models.heads import ScalarHeadModel
 from vlalign.objectives import bradley_terry_loss, plackett_luce_loss, safe_rlhf_cost_loss
 from vlalign.rewards.rm_metrics import pairwise_report, safety_report
-from vlalign.trainers.common import LoopSpec, StepResult, train_loop
 from vlalign.trainers.configs import TrainConfig
 from vlalign.trainers.run import start_run
+from vlalign.trainers.step import StepResult, mean_over
 
 META_FILE = "reward_model.json"
 
@@ -234,66 +234,78 @@ def save_scalar_model(run: Any, kind: str, extra: dict[str, Any] | None = None) 
     return written
 
 
-def _run_scalar(cfg: ScalarModelConfig, kind: str, records: list[Any] | None, make_spec: Any) -> dict[str, Any]:
-    """Shared body of rm / cost-model / distill: start, evaluate, train, evaluate, save, write metrics."""
+def _run_scalar(cfg: ScalarModelConfig, kind: str, records: list[Any] | None, make: Any,
+                stop_after: int | None = None) -> dict[str, Any]:
+    """Shared body of rm / cost-model / distill: start, evaluate, train, evaluate, save, write metrics.
+
+    ``make(run) -> (dataset, micro_step, unit)``: the encoded rows, the sum-style micro-step and the
+    name of the unit its sums are over (pairs, rankings)."""
     run = start_run(cfg, records, wrap_model=ScalarHeadModel)
-    metrics: dict[str, Any] = {"kind": kind}
-    if cfg.eval.before_training:
-        metrics["before"] = evaluate_scalar_model(run.acc.unwrap_model(run.model), run.processor, cfg, kind)
-    spec = make_spec(run)
-    skipped = train_loop(run.acc, spec, cfg, run.start_step, run.total, run.log, run.checkpoint)
-    metrics["after"] = evaluate_scalar_model(run.acc.unwrap_model(run.model), run.processor, cfg, kind)
-    metrics.update(steps=run.total, skipped_steps=skipped + int(run.state.get("skipped_steps", 0)))
-    metrics["saved"] = save_scalar_model(run, kind, {"max_length": cfg.data.max_length})
-    if run.acc.is_main_process:
-        (run.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        (run.output_dir / "summary.json").write_text(json.dumps(
-            {k: metrics[k] for k in ("steps", "skipped_steps", "saved")}, indent=2) + "\n")
-    run.log.close()
+    try:
+        metrics: dict[str, Any] = {"kind": kind}
+        if cfg.eval.before_training:
+            metrics["before"] = evaluate_scalar_model(run.acc.unwrap_model(run.model), run.processor, cfg, kind)
+        dataset, micro_step, unit = make(run)
+        run.source.collate = dataset.batch
+        loss_fn = mean_over(unit, micro_step)
+        run.stop_after = stop_after
+
+        for step in run.steps():
+            outcome = run.update(run.source.micro_batches(step), loss_fn, lambda b: {unit: len(b.rows)}, where=step + 1)
+            if run.end_step(step, outcome.metrics, outcome.finite):
+                break
+
+        metrics["after"] = evaluate_scalar_model(run.acc.unwrap_model(run.model), run.processor, cfg, kind)
+        saved = save_scalar_model(run, kind, {"max_length": cfg.data.max_length})
+        summary = run.summary(saved)
+        metrics.update(steps=summary["steps"], skipped_steps=summary["skipped_steps"], saved=saved,
+                       stop_reason=summary["stop_reason"])
+        if run.acc.is_main_process:
+            (run.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    finally:
+        run.close()
     return metrics
 
 
-def _spec(run: Any, dataset: EncodedDataset, step: Any, unit_name: str = "pairs") -> LoopSpec:
-    return LoopSpec(model=run.model, optimizer=run.optimizer, scheduler=run.scheduler, batches=dataset.batch,
-                    units=lambda b: len(b.rows), micro_step=step, num_rows=len(dataset), unit_name=unit_name)  # fmt: skip
-
-
-def train_reward_model(cfg: RewardModelConfig, records: list[Any] | None = None) -> dict[str, Any]:
+def train_reward_model(cfg: RewardModelConfig, records: list[Any] | None = None,
+                       stop_after: int | None = None) -> dict[str, Any]:
     """Bradley–Terry (pairs) or Plackett–Luce (ranked lists) reward model; returns the metrics."""
 
-    def make(run: Any) -> LoopSpec:
+    def make(run: Any) -> tuple[Any, Any, str]:
         collate_cfg = CollateConfig(cfg.data.max_length, cfg.model.max_pixels)
         if _kind_of(run.records) == "ranked":
             ds = RankedDataset([_RankedAsPrompt(r) for r in run.records], run.processor, collate_cfg)
             ds.check_all()
-            return _spec(run, ds, lambda b: pl_micro_step(run.model, b, run.records), "rankings")
+            return ds, lambda b: pl_micro_step(run.model, b, run.records), "rankings"
         ds = EncodedDataset(run.records, run.processor, collate_cfg, "pair")
         ds.check_all()
-        return _spec(run, ds, lambda b: bt_micro_step(run.model, b, run.records, cfg))
+        return ds, lambda b: bt_micro_step(run.model, b, run.records, cfg), "pairs"
 
-    return _run_scalar(cfg, "reward", records, make)
+    return _run_scalar(cfg, "reward", records, make, stop_after)
 
 
-def train_cost_model(cfg: CostModelConfig, records: list[Any] | None = None) -> dict[str, Any]:
+def train_cost_model(cfg: CostModelConfig, records: list[Any] | None = None,
+                     stop_after: int | None = None) -> dict[str, Any]:
     """Safe RLHF cost model (cost > 0 ⇔ unsafe); returns the metrics."""
 
-    def make(run: Any) -> LoopSpec:
+    def make(run: Any) -> tuple[Any, Any, str]:
         safer_first(run.records, list(range(len(run.records))))  # every row labelled, before any step
         ds = EncodedDataset(run.records, run.processor, CollateConfig(cfg.data.max_length, cfg.model.max_pixels), "pair")
         ds.check_all()
-        return _spec(run, ds, lambda b: cost_micro_step(run.model, b, run.records, cfg))
+        return ds, lambda b: cost_micro_step(run.model, b, run.records, cfg), "pairs"
 
-    return _run_scalar(cfg, "cost", records, make)
+    return _run_scalar(cfg, "cost", records, make, stop_after)
 
 
-def train_distill(cfg: DistillConfig, records: list[Any] | None = None) -> dict[str, Any]:
+def train_distill(cfg: DistillConfig, records: list[Any] | None = None,
+                  stop_after: int | None = None) -> dict[str, Any]:
     """Student regresses the teacher's score of every chosen and rejected answer (squared error)."""
     from vlalign.rewards.learned import load_reward_model
 
     teacher = load_reward_model(cfg.teacher)
     kind = teacher.kind
 
-    def make(run: Any) -> LoopSpec:
+    def make(run: Any) -> tuple[Any, Any, str]:
         ds = EncodedDataset(run.records, run.processor, CollateConfig(cfg.data.max_length, cfg.model.max_pixels), "pair")
         ds.check_all()
         targets = teacher.score_records(run.records, cfg.teacher_batch_size)  # (N, 2) computed once
@@ -306,8 +318,8 @@ def train_distill(cfg: DistillConfig, records: list[Any] | None = None) -> dict[
             return StepResult(err.sum(dim=1).sum(), {"mse": err.mean(dim=1).detach().sum()},
                               int(batch.inputs["attention_mask"].sum()))  # fmt: skip
 
-        return _spec(run, ds, step)
+        return ds, step, "pairs"
 
-    metrics = _run_scalar(cfg, kind, records, make)
+    metrics = _run_scalar(cfg, kind, records, make, stop_after)
     metrics["teacher"] = str(cfg.teacher)
     return metrics

@@ -40,7 +40,8 @@ def _run(kind: str, config: Path | None, overrides: list[str] | None) -> None:
         fail(str(exc), code=1)
     else:
         how = summary["stop_reason"] or f"{summary['steps']} rollouts"
-        typer.echo(f"done: {how}; saved {summary['written']}")
+        if summary["saved"]:  # only the main process saves (and reports)
+            typer.echo(f"done: {how}; saved {summary['saved']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -13,20 +13,46 @@ its own critic (``value`` and ``cost_value``; shared heads on the policy or sepa
 4. PPO updates on A, plus both critics' clipped value losses.
 
 λ, J_C, the violation J_C − d and the share of unsafe (cost > 0) responses are logged every rollout;
-log λ is saved in checkpoints (exact resume).
+log λ is saved in checkpoints (exact resume). J_C is the mean over every process's responses, so λ
+moves the same way on any process count. :func:`train_safe_ppo` shows the loop.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from pydantic import Field
 
 from vlalign.objectives import LagrangeMultiplier, safe_rlhf_advantages
 from vlalign.rewards.composite import RewardSourceConfig
-from vlalign.trainers.ppo import PPO, PPOConfig, rollout_values
-from vlalign.trainers.rl_common import RL_ALGORITHMS, RLState
+from vlalign.rollout.collect import score_with
+from vlalign.trainers.ppo import (
+    PPOConfig,
+    critic_learning_rate,
+    critics,
+    final_advantages,
+    gae_advantages,
+    kl_controller,
+    needs_old_logprobs,
+    ppo_loss,
+    rollout_kl,
+    rollout_values,
+    scaled_scores,
+    update_kl_controller,
+    value_metrics,
+)
+from vlalign.trainers.rl_common import (
+    RL_TRAINERS,
+    RLRun,
+    finish_rl,
+    gather_rows,
+    rollout,
+    score,
+    set_replay_keys,
+    start_rl_run,
+    update,
+)
 
 
 class SafePPOConfig(PPOConfig):
@@ -39,59 +65,70 @@ class SafePPOConfig(PPOConfig):
     lambda_max: float | None = Field(None, gt=0, description="cap on λ (null = none)")
 
 
-@RL_ALGORITHMS.register("safe_ppo", "ppo_lag")
-class SafePPO(PPO):
-    name = "safe_ppo"
-    critic_names: ClassVar[list[str]] = ["value", "cost_value"]
-
-    def setup(self, state: RLState) -> None:
-        from vlalign.rewards import build_source
-
-        super().setup(state)
-        cfg = state.cfg
-        state.extra["cost"] = build_source(cfg.cost)
-        # Not in state.modules: λ has its own update rule, never the policy optimizer.
-        state.extra["lagrange"] = LagrangeMultiplier(cfg.lambda_init, cfg.cost_limit, cfg.lambda_lr, cfg.lambda_max)
-
-    def prepare(self, exp: Any, state: RLState) -> tuple[Any, dict[str, float]]:
-        from vlalign.rollout.collect import score_with
-
-        cfg = state.cfg
-        exp.costs, metrics = score_with(state.extra["cost"], exp, "cost")  # (N,)
-        lagrange: LagrangeMultiplier = state.extra["lagrange"]
-        mean_cost = float(exp.costs.mean())
-        lam = lagrange.update(mean_cost)  # λ first, then the advantages use the new λ (as Safe RLHF does)
-        metrics.update({"lagrange/lambda": lam, "cost/violation": mean_cost - cfg.cost_limit,
-                        "cost/unsafe_frac": float((exp.costs > 0).float().mean())})
-
-        kl, kl_metrics = self._kl(exp, state)
-        metrics.update(kl_metrics)
-        beta = state.extra["kl_ctl"].value
-        in_reward = kl is not None and cfg.kl_in_reward
-        values = rollout_values(state, exp, self.critic_names)
-        adv_r, ret_r = self._gae(exp, state, self._scores(exp.rewards, state), values["value"],
-                                 -beta * kl if in_reward else None)
-        adv_c, ret_c = self._gae(exp, state, exp.costs, values["cost_value"], beta * kl if in_reward else None)
-        exp.values, exp.returns = values["value"], ret_r
-        exp.extras["cost_value/values"], exp.extras["cost_value/returns"] = values["cost_value"], ret_c
-        combined = safe_rlhf_advantages(adv_r, adv_c, torch.tensor(lam))  # (N, T)
-        exp.advantages = self._finish_advantages(combined, exp, state)
-        metrics.update(self._value_metrics("value", values["value"], ret_r, exp.response_mask))
-        metrics.update(self._value_metrics("cost_value", values["cost_value"], ret_c, exp.response_mask))
-        self._update_kl_controller(kl, exp, state)
-        return exp, metrics
-
-    def state_dict(self, state: RLState) -> dict[str, Any]:
-        return {**super().state_dict(state), "log_lambda": float(state.extra["lagrange"].log_lambda.detach())}
-
-    def load_state_dict(self, state: RLState, saved: dict[str, Any]) -> None:
-        super().load_state_dict(state, saved)
-        if "log_lambda" in saved:
-            with torch.no_grad():
-                state.extra["lagrange"].log_lambda.fill_(float(saved["log_lambda"]))
+def lagrange_multiplier(run: RLRun) -> LagrangeMultiplier:
+    """λ of the run (not trained by the optimizer: its own update rule), restored when resuming."""
+    cfg = run.cfg
+    lagrange = LagrangeMultiplier(cfg.lambda_init, cfg.cost_limit, cfg.lambda_lr, cfg.lambda_max)
+    saved = run.state.get("algorithm", {})
+    if "log_lambda" in saved:
+        with torch.no_grad():
+            lagrange.log_lambda.fill_(float(saved["log_lambda"]))
+    return lagrange
 
 
-def train_safe_ppo(cfg: SafePPOConfig, **kwargs: Any) -> dict[str, Any]:
-    from vlalign.trainers.rl_common import run_rl
+def score_costs(run: RLRun, exp: Any, cost_source: Any, lagrange: LagrangeMultiplier) -> dict[str, float]:
+    """Score the costs, then take λ's step on the mean episode cost J_C of the whole batch (λ first, then
+    the advantages use the new λ, as Safe RLHF does)."""
+    cfg = run.cfg
+    exp.costs, metrics = score_with(cost_source, exp, "cost", gather_rows(run))  # (N,), metrics over all
+    mean_cost = metrics["cost/mean"]
+    every = gather_rows(run)(exp.costs)
+    lam = lagrange.update(mean_cost)
+    metrics.update({"lagrange/lambda": lam, "cost/violation": mean_cost - cfg.cost_limit,
+                    "cost/unsafe_frac": float((every > 0).float().mean())})
+    return metrics
 
-    return run_rl(cfg, "safe_ppo", **kwargs)
+
+def train_safe_ppo(cfg: SafePPOConfig, stop_after: int | None = None) -> dict[str, Any]:
+    """PPO-Lagrangian as configured; returns the run summary (``value.pt``, ``cost_value.pt`` hold the critics)."""
+    from vlalign.rewards import build_source
+
+    names = ["value", "cost_value"]
+    run = start_rl_run(cfg, critics(cfg, names), critic_learning_rate(cfg), stop_after)
+    cost_source = build_source(cfg.cost)
+    ctl, lagrange = kl_controller(run), lagrange_multiplier(run)
+    run.save_state = lambda: {"algorithm": {"kl_coef": ctl.value, "log_lambda": float(lagrange.log_lambda.detach())}}
+    loss_fn = ppo_loss(run, names)
+    try:
+        for step in run.steps():
+            exp = rollout(run, step)                                     # K samples of this process's prompts
+            metrics = score(run, exp, need_old=needs_old_logprobs(cfg))  # log-probs, rewards, response stats
+            metrics.update(score_costs(run, exp, cost_source, lagrange))  # costs, then λ's step
+            lam = metrics["lagrange/lambda"]
+            kl, kl_metrics = rollout_kl(run, exp)
+            metrics.update(kl_metrics)
+            in_reward = kl is not None and cfg.kl_in_reward
+            values = rollout_values(run, exp, names)
+            mask = exp.response_mask
+            # the KL is split −β·KL on the reward, +β·KL on the cost: A_r − λ·A_c then carries −β·KL·(1 + λ)
+            adv_r, ret_r = gae_advantages(cfg, exp, scaled_scores(run, exp.rewards), values["value"],
+                                          -ctl.value * kl if in_reward else None)
+            adv_c, ret_c = gae_advantages(cfg, exp, exp.costs, values["cost_value"], ctl.value * kl if in_reward else None)
+            exp.values, exp.returns = values["value"], ret_r
+            exp.extras["cost_value/values"], exp.extras["cost_value/returns"] = values["cost_value"], ret_c
+            exp.advantages = final_advantages(run, safe_rlhf_advantages(adv_r, adv_c, torch.tensor(lam)), mask)
+            metrics.update(value_metrics(run, "value", values["value"], ret_r, mask))
+            metrics.update(value_metrics(run, "cost_value", values["cost_value"], ret_c, mask))
+            update_kl_controller(run, kl, exp)
+            set_replay_keys(run, exp, step)
+            update_metrics, finite = update(run, exp, loss_fn, step)
+            metrics.update(update_metrics)
+            if run.end_step(step, metrics, finite):
+                break
+    except BaseException:
+        run.close()
+        raise
+    return finish_rl(run)
+
+
+RL_TRAINERS.register("safe_ppo", "ppo_lag")(train_safe_ppo)

@@ -1,7 +1,8 @@
 """Supervised fine-tuning: maximise log p(answer | image, prompt) on the response tokens only.
 
 The loss is the token-mean NLL over the whole global batch (all micro-batches, all processes), so
-gradient accumulation and process count do not change the objective.
+gradient accumulation and process count do not change the objective. With ``eval_steps`` and held-out
+rows (``data.eval`` / ``data.eval_fraction``) the same token-mean NLL is logged as ``eval/loss``.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from typing import Any
 
 from vlalign.data.collate import CollateConfig, EncodedDataset
 from vlalign.models.logprobs import response_logprobs
-from vlalign.trainers.common import LoopSpec, StepResult, train_loop
 from vlalign.trainers.configs import SFTConfig
 from vlalign.trainers.replay import Replay, build_replay, replay_nll
-from vlalign.trainers.run import finish_run, start_run
+from vlalign.trainers.run import evaluate_sums, start_run
+from vlalign.trainers.step import StepResult, mean_over
 
 
 def sft_micro_step(model: Any, batch: Any, replay: Replay | None = None) -> StepResult:
-    """Sum of response-token NLLs of one micro-batch (the loop divides by the global token count).
+    """Sum of response-token NLLs of one micro-batch (the core divides by the global token count).
 
     With ``replay``, each row's replay row joins the batch: + weight × its token NLL sum, and its
     tokens count in the global token total (``units`` below), so weight 1 = plain extra SFT rows."""
@@ -34,27 +35,32 @@ def sft_micro_step(model: Any, batch: Any, replay: Replay | None = None) -> Step
     return StepResult(loss_sum=loss_sum, metric_sums=metrics, tokens=tokens)
 
 
-def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> dict[str, Any]:
+def train_sft(cfg: SFTConfig, records: list[Any] | None = None, stop_after: int | None = None) -> dict[str, Any]:
     """Run SFT as configured; returns the run summary (``final/`` holds the trained model)."""
     run = start_run(cfg, records)
-    collate_cfg = CollateConfig(cfg.data.max_length, cfg.model.max_pixels)
-    dataset = EncodedDataset(run.records, run.processor, collate_cfg, "sft")
-    dataset.check_all()
-    replay = build_replay(cfg, run.processor, collate_cfg, run.log)
+    try:
+        collate_cfg = CollateConfig(cfg.data.max_length, cfg.model.max_pixels)
+        dataset = EncodedDataset(run.records, run.processor, collate_cfg, "sft")
+        dataset.check_all()
+        run.source.collate = dataset.batch
+        replay = build_replay(cfg, run.processor, collate_cfg, run.log)
 
-    def units(b: Any) -> int:  # response tokens of the batch (+ those of its replay rows)
-        return int(b.response_mask.sum()) + (replay.response_tokens(b.rows) if replay else 0)
+        def counts(b: Any) -> dict[str, float]:  # response tokens of the batch (+ those of its replay rows)
+            return {"response_tokens": float(b.response_mask.sum()) + (replay.response_tokens(b.rows) if replay else 0)}
 
-    spec = LoopSpec(
-        model=run.model,
-        optimizer=run.optimizer,
-        scheduler=run.scheduler,
-        batches=dataset.batch,
-        units=units,
-        micro_step=lambda b: sft_micro_step(run.model, b, replay),
-        num_rows=len(dataset),
-        unit_name="response_tokens",
-    )
-    skipped = train_loop(run.acc, spec, cfg, run.start_step, run.total, run.log, run.checkpoint)
-    return finish_run(run, skipped + int(run.state.get("skipped_steps", 0)))
+        loss_fn = mean_over("response_tokens", lambda b: sft_micro_step(run.model, b, replay))
+        if run.eval_records:
+            held = EncodedDataset(run.eval_records, run.processor, collate_cfg, "sft")
+            held.check_all()
+            run.evaluate = lambda: evaluate_sums(run, held, lambda b: sft_micro_step(run.model, b),
+                                                 lambda b: float(b.response_mask.sum()), cfg.per_device_batch_size)
+        run.stop_after = stop_after
 
+        for step in run.steps():
+            outcome = run.update(run.source.micro_batches(step), loss_fn, counts, where=step + 1)
+            if run.end_step(step, outcome.metrics, outcome.finite):
+                break
+    except BaseException:
+        run.close()
+        raise
+    return run.finish()
