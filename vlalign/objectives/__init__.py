@@ -3,7 +3,7 @@
 Trainers call these and never re-implement a formula. Everything a config names is reachable
 from a registry:
 
-- PREFERENCE_LOSSES   dpo, cdpo, ipo, hinge, simpo, orpo, kto, mdpo, dense_dpo
+- PREFERENCE_LOSSES   dpo, cdpo, ipo, hinge, simpo, orpo, kto, mdpo, dense_dpo, mm_dpo
                       (entries take a PreferenceBatchLogps; ``.requires_reference`` is False for
                       simpo and orpo, so trainers can skip the reference pass)
 - ADVANTAGE_ESTIMATORS gae, grpo, dr_grpo, rloo (groups by size or by id; grpo ``scale=group|batch|none``;
@@ -55,6 +55,7 @@ from vlalign.objectives.preference import (
     PreferenceLossOutput,
     dense_dpo_loss,
     dpo_loss,
+    dynamic_beta,
     hinge_loss,
     ipo_loss,
     kto_kl_reference,
@@ -63,6 +64,7 @@ from vlalign.objectives.preference import (
     mdpo_anchor_loss,
     mdpo_conditional_loss,
     mdpo_loss,
+    mm_dpo_loss,
     orpo_loss,
     segment_weighted_logps,
     simpo_loss,
@@ -101,6 +103,7 @@ __all__ = [
     "count_units",
     "dense_dpo_loss",
     "dpo_loss",
+    "dynamic_beta",
     "gae",
     "group_index",
     "grpo_advantages",
@@ -122,6 +125,7 @@ __all__ = [
     "mdpo_anchor_loss",
     "mdpo_conditional_loss",
     "mdpo_loss",
+    "mm_dpo_loss",
     "orpo_loss",
     "plackett_luce_loss",
     "ppo_policy_loss",
