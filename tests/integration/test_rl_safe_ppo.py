@@ -152,7 +152,7 @@ def test_fixed_penalty_run_keeps_its_coefficient(tmp_path):
         rollout__num_samples=2, rollout__max_new_tokens=4, cost={"name": "test_cost", "kwargs": {"value": 1.0}},
         cost_limit=0.0, cost_penalty="fixed", cost_coef=0.3,
     )
-    cfg, res = _run(cfg_dict)
+    cfg, _ = _run(cfg_dict)
     rows = [r for r in read_metrics(cfg.output_dir) if "cost/coef" in r]
     assert [r["cost/coef"] for r in rows] == [0.3, 0.3] and not any("lagrange/lambda" in r for r in rows)
     assert all(r["cost/violation"] == 1.0 for r in rows)

@@ -74,7 +74,14 @@ def _one_update(granularity):
     from test_rl_ppo import Bigram
 
     from vlalign.rollout.experience import Experience
-    from vlalign.trainers.ppo import critics, final_advantages, gae_advantages, ppo_loss, reward_tokens, rollout_values
+    from vlalign.trainers.ppo import (
+        critics,
+        final_advantages,
+        gae_advantages,
+        ppo_loss,
+        reward_tokens,
+        rollout_values,
+    )
     from vlalign.trainers.rl_common import update
     from vlalign.trainers.segment_rewards import KeepOutput
 

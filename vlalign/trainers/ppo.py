@@ -57,6 +57,13 @@ from vlalign.trainers.rl_common import (
     start_rl_run,
     update,
 )
+from vlalign.trainers.rollout_buffer import (
+    OffPolicyConfig,
+    attach_buffer,
+    remember,
+    replay_weights,
+    with_replay,
+)
 from vlalign.trainers.segment_rewards import KeepOutput, segment_token_rewards
 from vlalign.trainers.step import LossFn, Share
 
@@ -87,6 +94,10 @@ class PPOConfig(RLConfig):
         "the rest on the last token (same total per answer, finer credit; vlalign.trainers.segment_rewards)",
     )
     whiten_advantages: bool = Field(True, description="whiten advantages over the rollout's response tokens")
+    offpolicy: OffPolicyConfig = Field(
+        default_factory=OffPolicyConfig, description="replay of past rollouts with truncated importance weights "
+        "(vlalign.trainers.rollout_buffer); capacity 0 = off",
+    )
 
 
 # name -> factory(cfg) -> controller with .value and .update(kl, n_steps)
@@ -288,6 +299,7 @@ def ppo_loss(run: RLRun, names: list[str]) -> LossFn:
             clip_c=cfg.dual_clip_c, aggregation=cfg.loss_aggregation, norm_constant=float(cfg.rollout.max_new_tokens),
             ref_logprobs=mb.ref_logprobs if kl_loss else None, kl_coef=run.extra["kl_ctl"].value if kl_loss else 0.0,
             kl_kind=cfg.kl_estimator, denominator=totals[agg.unit],
+            token_weights=replay_weights(mb, logps, cfg.offpolicy.rho_bar),
         )
         tokens = max(totals["tokens"], 1.0)
         metrics = {"policy/loss": float(pg.loss.detach()), "policy/clip_fraction": float(pg.clipped_tokens) / tokens,
@@ -323,9 +335,10 @@ def kl_controller(run: RLRun) -> Any:
     return ctl
 
 
-def needs_old_logprobs(cfg: RLConfig) -> bool:
-    """π_old is needed with several updates per rollout, and for the KL penalty / controller."""
-    return cfg.ppo_epochs > 1 or cfg.num_minibatches > 1 or cfg.kl_coef > 0
+def needs_old_logprobs(cfg: PPOConfig) -> bool:
+    """π_old is needed with several updates per rollout, for the KL penalty / controller, and as the
+    behaviour log-probs a rollout buffer stores."""
+    return cfg.ppo_epochs > 1 or cfg.num_minibatches > 1 or cfg.kl_coef > 0 or cfg.offpolicy.enabled
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -334,7 +347,7 @@ def needs_old_logprobs(cfg: RLConfig) -> bool:
 def train_ppo(cfg: PPOConfig, stop_after: int | None = None) -> dict[str, Any]:
     """Actor-critic PPO as configured; returns the run summary (``value.pt`` holds the critic)."""
     names = ["value"]
-    run = start_rl_run(cfg, critics(cfg, names), critic_learning_rate(cfg), stop_after)
+    run = start_rl_run(cfg, critics(cfg, names), critic_learning_rate(cfg), stop_after, attach_buffer(cfg))
     run.reward = KeepOutput(run.reward)  # its judged spans feed reward_granularity: segment
     ctl = kl_controller(run)
     run.save_state = lambda: {"algorithm": {"kl_coef": ctl.value}}
@@ -353,8 +366,10 @@ def train_ppo(cfg: PPOConfig, stop_after: int | None = None) -> dict[str, Any]:
             metrics.update(value_metrics(run, "value", values, returns, exp.response_mask))
             update_kl_controller(run, kl, exp)                           # β toward the target KL (adaptive)
             set_replay_keys(run, exp, step)
-            update_metrics, finite = update(run, exp, loss_fn, step)     # epochs × minibatches of steps
-            metrics.update(update_metrics)
+            batch, replay_metrics = with_replay(run, exp, step)          # + past groups (offpolicy)
+            update_metrics, finite = update(run, batch, loss_fn, step)   # epochs × minibatches of steps
+            metrics.update(update_metrics, **replay_metrics)
+            remember(run, exp)
             if run.end_step(step, metrics, finite):
                 break
     except BaseException:

@@ -59,6 +59,7 @@ from vlalign.trainers.rl_common import (
     start_rl_run,
     update,
 )
+from vlalign.trainers.rollout_buffer import attach_buffer, remember, with_replay
 from vlalign.trainers.segment_rewards import KeepOutput
 
 
@@ -116,7 +117,7 @@ def train_safe_ppo(cfg: SafePPOConfig, stop_after: int | None = None) -> dict[st
     from vlalign.rewards import build_source
 
     names = ["value", "cost_value"]
-    run = start_rl_run(cfg, critics(cfg, names), critic_learning_rate(cfg), stop_after)
+    run = start_rl_run(cfg, critics(cfg, names), critic_learning_rate(cfg), stop_after, attach_buffer(cfg))
     run.reward = KeepOutput(run.reward)  # its judged spans feed reward_granularity: segment
     cost_source = build_source(cfg.cost)
     ctl, lagrange = kl_controller(run), lagrange_multiplier(run)
@@ -146,8 +147,10 @@ def train_safe_ppo(cfg: SafePPOConfig, stop_after: int | None = None) -> dict[st
             metrics.update(value_metrics(run, "cost_value", values["cost_value"], ret_c, mask))
             update_kl_controller(run, kl, exp)
             set_replay_keys(run, exp, step)
-            update_metrics, finite = update(run, exp, loss_fn, step)
-            metrics.update(update_metrics)
+            batch, replay_metrics = with_replay(run, exp, step)
+            update_metrics, finite = update(run, batch, loss_fn, step)
+            metrics.update(update_metrics, **replay_metrics)
+            remember(run, exp)
             if run.end_step(step, metrics, finite):
                 break
     except BaseException:
