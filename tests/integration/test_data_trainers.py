@@ -33,16 +33,29 @@ def assert_same(a, b):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_dpo_with_workers_gives_bit_identical_weights(tiny_model_dir, trainer_data, tmp_path):
-    """Worker encoding follows the same plan (row indices per step): the same batches, the same weights."""
+@pytest.mark.parametrize("kind", ["dpo", "rm"])
+def test_workers_give_bit_identical_weights(kind, tiny_model_dir, trainer_data, tmp_path):
+    """Worker encoding (the up-front check and the steps ahead) follows the same plan (row indices per
+    step): the same batches, so the same weights, bit for bit, as encoding in the training process."""
     from vlalign.trainers.dpo import train_dpo
+    from vlalign.trainers.reward_model import RewardModelConfig, train_reward_model
 
     llava = tiny_model_dir("llava")
     runs = {}
     for n in (0, 1):
         out = tmp_path / f"w{n}"
-        train_dpo(cfg("dpo", llava, trainer_data[0], out, {"num_workers": n, "limit": 6}, max_steps=3))
-        runs[n] = weights(out)
+        if kind == "dpo":
+            train_dpo(cfg("dpo", llava, trainer_data[0], out, {"num_workers": n, "limit": 6}, max_steps=3))
+            runs[n] = weights(out)
+        else:
+            rm = RewardModelConfig.model_validate(
+                {"output_dir": str(out), "model": {"name_or_path": str(llava)}, "per_device_batch_size": 2,
+                 "data": {"train": str(trainer_data[0]), "max_length": 128, "limit": 6, "num_workers": n},
+                 "max_steps": 3, "learning_rate": 5e-3, "lr_scheduler": "constant", "progress": False, "seed": 1})
+            train_reward_model(rm)
+            final = out / "final"
+            head = torch.load(final / "score_head.pt", weights_only=True)
+            runs[n] = {**load_file(final / "model.safetensors"), **{f"head.{k}": v for k, v in head.items()}}
     assert_same(runs[0], runs[1])
 
 

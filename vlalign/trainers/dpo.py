@@ -167,7 +167,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None, stop_after: int 
             ctx["train_reference"] = AdapterReference(ctx["forward"]) if mode == "adapter" else None
         else:
             ctx["train"] = EncodedDataset(run.records, run.processor, collate_cfg, "pair", extra=extra)
-            ctx["train"].check_all()
+            ctx["train"].check_all(cfg.data.num_workers)
             attach_dataset(run, ctx["train"])
             sets.append(("train", run.records))
         if run.eval_records:

@@ -275,10 +275,10 @@ def train_reward_model(cfg: RewardModelConfig, records: list[Any] | None = None,
         collate_cfg = collate_config(cfg)
         if _kind_of(run.records) == "ranked":
             ds = RankedDataset([_RankedAsPrompt(r) for r in run.records], run.processor, collate_cfg)
-            ds.check_all()
+            ds.check_all(cfg.data.num_workers)
             return ds, lambda b: pl_micro_step(run.model, b, run.records), "rankings"
         ds = EncodedDataset(run.records, run.processor, collate_cfg, "pair")
-        ds.check_all()
+        ds.check_all(cfg.data.num_workers)
         return ds, lambda b: bt_micro_step(run.model, b, run.records, cfg), "pairs"
 
     return _run_scalar(cfg, "reward", records, make, stop_after)
@@ -291,7 +291,7 @@ def train_cost_model(cfg: CostModelConfig, records: list[Any] | None = None,
     def make(run: Any) -> tuple[Any, Any, str]:
         safer_first(run.records, list(range(len(run.records))))  # every row labelled, before any step
         ds = EncodedDataset(run.records, run.processor, collate_config(cfg), "pair")
-        ds.check_all()
+        ds.check_all(cfg.data.num_workers)
         return ds, lambda b: cost_micro_step(run.model, b, run.records, cfg), "pairs"
 
     return _run_scalar(cfg, "cost", records, make, stop_after)
@@ -307,7 +307,7 @@ def train_distill(cfg: DistillConfig, records: list[Any] | None = None,
 
     def make(run: Any) -> tuple[Any, Any, str]:
         ds = EncodedDataset(run.records, run.processor, collate_config(cfg), "pair")
-        ds.check_all()
+        ds.check_all(cfg.data.num_workers)
         targets = teacher.score_records(run.records, cfg.teacher_batch_size)  # (N, 2) computed once
         run.log.info(f"teacher scores: mean {float(targets.mean()):.3f}, std {float(targets.std()):.3f}")
 

@@ -42,7 +42,7 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None, stop_after: int 
         collate_cfg = collate_config(cfg)
         if not cfg.data.streaming:  # a stream encodes its rows as it reads them (and reports bad ones then)
             dataset = EncodedDataset(run.records, run.processor, collate_cfg, "sft")
-            dataset.check_all()
+            dataset.check_all(cfg.data.num_workers)
             attach_dataset(run, dataset)
         replay = build_replay(cfg, run.processor, collate_cfg, run.log)
 
