@@ -7,7 +7,7 @@ errors (``lerning_rate`` → "did you mean `learning_rate`?"), so a typo never s
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -99,12 +99,38 @@ class TrainConfig(BaseConfig):
     save_merged: bool = Field(True, description="LoRA: also save a merged full model in output_dir/final")
     hub: HubConfig = Field(default_factory=HubConfig, description="model card and hub upload at the end (vlalign.hub)")
 
+    # data options this trainer implements besides loading (every trainer applies the loading options
+    # through load_records): "streaming" (data.streaming) and "workers" (data.num_workers > 0)
+    data_features: ClassVar[frozenset[str]] = frozenset()
+
     @model_validator(mode="after")
     def _known_names(self) -> TrainConfig:
         from vlalign.trainers.common import OPTIMIZERS, SCHEDULES
 
         _check_name(OPTIMIZERS, self.optimizer)  # did-you-mean now, not after loading the model
         _check_name(SCHEDULES, self.lr_scheduler)
+        return self
+
+    @model_validator(mode="after")
+    def _data_supported(self) -> TrainConfig:
+        """A data option this trainer cannot honour is an error now, never silently ignored."""
+        data, who = self.data, type(self).__name__
+        if data.streaming:
+            if "streaming" not in self.data_features:
+                raise ValueError(f"data.streaming=true is not supported by {who} (it reads all its rows up front); "
+                                 "streaming works in sft and dpo. Set data.streaming=false")
+            if self.max_steps is None:
+                raise ValueError("data.streaming=true needs max_steps: a stream has no length to count epochs over")
+            if data.eval_fraction > 0:
+                raise ValueError("data.eval_fraction needs map-style data (a stream cannot set rows aside); with "
+                                 "data.streaming=true give the held-out rows as data.eval")
+            if data.limit is not None:
+                raise ValueError("data.limit needs map-style data; with data.streaming=true max_steps bounds the "
+                                 "rows read")
+        if data.num_workers and "workers" not in self.data_features:
+            raise ValueError(f"data.num_workers={data.num_workers} is not supported by {who} (it encodes its rows "
+                             "in the training process); worker encoding works in sft, dpo, rm, cost-model and "
+                             "distill. Set data.num_workers=0")
         return self
 
 
@@ -137,6 +163,7 @@ class ReplayConfig(BaseConfig):
 class SFTConfig(TrainConfig):
     """Supervised fine-tuning on the reference (or chosen) answers; token-mean NLL over the global batch."""
 
+    data_features: ClassVar[frozenset[str]] = frozenset({"streaming", "workers"})
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
 
 
@@ -155,6 +182,7 @@ class ReferenceConfig(BaseConfig):
 class DPOConfig(TrainConfig):
     """The DPO family: the objective is picked by name from the objectives registry."""
 
+    data_features: ClassVar[frozenset[str]] = frozenset({"streaming", "workers"})
     loss: str = Field("dpo", description="name in vlalign.objectives PREFERENCE_LOSSES (dpo, ipo, simpo, ...)")
     beta: float | None = Field(None, gt=0, description="None = the loss's own default (0.1; simpo 2.0)")
     loss_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword args of the loss")
@@ -184,5 +212,25 @@ class DPOConfig(TrainConfig):
             raise ValueError(
                 f"preference loss {self.loss!r} got unknown hyper-parameters {unknown} in loss_kwargs; "
                 f"it accepts {sorted(accepted)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _streaming_reference(self) -> DPOConfig:
+        """A stream cannot be scored up front: the reference cache and KTO's mismatched block need every row."""
+        if not self.data.streaming:
+            return self
+        from vlalign.objectives.preference_registry import PREFERENCE_LOSSES
+
+        if self.loss == "kto":
+            raise ValueError("loss kto pairs each prompt with another row's answer, which needs map-style data; "
+                             "set data.streaming=false")
+        needs_ref = PREFERENCE_LOSSES.get(self.loss).requires_reference
+        if self.reference.mode == "cache" or (self.reference.mode == "auto" and needs_ref):
+            raise ValueError(
+                f"data.streaming=true with reference.mode={self.reference.mode} (loss {self.loss!r}): the reference "
+                "cache is scored over every row before training, which a stream cannot do. Use "
+                "model.lora.enabled=true with reference.mode=adapter (the reference is scored on the fly), a "
+                "reference-free loss (simpo, orpo), or data.streaming=false"
             )
         return self

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from vlalign.data.collate import CollateConfig, EncodedDataset
+from vlalign.data.collate import EncodedDataset
 from vlalign.models.shared_prefix import pick_pair_forward
 from vlalign.objectives.preference import kto_kl_reference
 from vlalign.objectives.preference_registry import PREFERENCE_LOSSES, PreferenceBatchLogps
@@ -36,7 +36,14 @@ from vlalign.trainers.reference import (
     weights_fingerprint,
 )
 from vlalign.trainers.replay import Replay, build_replay, replay_nll
-from vlalign.trainers.run import data_fingerprint, evaluate_sums, finish_run, start_run
+from vlalign.trainers.run import (
+    attach_dataset,
+    collate_config,
+    data_fingerprint,
+    evaluate_sums,
+    finish_run,
+    start_run,
+)
 from vlalign.trainers.step import StepResult, mean_over
 
 # loss name -> extra response block it needs (see vlalign.data.collate.EXTRA_BLOCKS)
@@ -143,7 +150,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None, stop_after: int 
     hparams = loss_hparams(cfg, objective)
     mode = reference_mode(cfg, objective)
     extra = EXTRA_BLOCK_OF.get(cfg.loss)
-    collate_cfg = CollateConfig(cfg.data.max_length, cfg.model.max_pixels)
+    collate_cfg = collate_config(cfg)
     ctx: dict[str, Any] = {}
 
     def on_load(run: Any, model: Any) -> None:  # the reference = these weights, as loaded
@@ -153,12 +160,16 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None, stop_after: int 
     def before_resume(run: Any) -> None:
         """Datasets, the pair forward and the reference pass — on the weights as loaded, before any
         checkpoint is restored (a resumed run never scores its reference with the trained policy)."""
-        ctx["train"] = EncodedDataset(run.records, run.processor, collate_cfg, "pair", extra=extra)
-        ctx["train"].check_all()
-        run.source.collate = ctx["train"].batch
         name, ctx["forward"], reason = pick_pair_forward(cfg.forward, run.model, extra)
         run.log.info(f"pair forward: {name} (forward={cfg.forward}{f'; not shared_prefix: {reason}' if reason else ''})")
-        sets = [("train", run.records)]
+        sets = []
+        if cfg.data.streaming:  # rows are encoded as they are read; the reference is scored on the fly
+            ctx["train_reference"] = AdapterReference(ctx["forward"]) if mode == "adapter" else None
+        else:
+            ctx["train"] = EncodedDataset(run.records, run.processor, collate_cfg, "pair", extra=extra)
+            ctx["train"].check_all(cfg.data.num_workers)
+            attach_dataset(run, ctx["train"])
+            sets.append(("train", run.records))
         if run.eval_records:
             ctx["eval"] = EncodedDataset(run.eval_records, run.processor, collate_cfg, "pair", extra=extra)
             ctx["eval"].check_all()
@@ -173,7 +184,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None, stop_after: int 
             else:
                 ctx[f"{which}_reference"] = AdapterReference(ctx["forward"]) if mode == "adapter" else None
 
-    run = start_run(cfg, records, on_load=on_load, before_resume=before_resume)
+    run = start_run(cfg, records, on_load=on_load, before_resume=before_resume, stream=("pair", extra))
     try:
         replay = build_replay(cfg, run.processor, collate_cfg, run.log)
         loss_fn = mean_over("pairs", lambda b: dpo_micro_step(run.model, b, objective, hparams, ctx["train_reference"],

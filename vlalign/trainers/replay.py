@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from vlalign.data.collate import Batch, CollateConfig, EncodedDataset
+from vlalign.data.validate import load_records
 from vlalign.models.logprobs import response_logprobs
+from vlalign.trainers.run import side_data
 
 
 class Replay:
@@ -52,9 +54,10 @@ def build_replay(cfg: Any, processor: Any, collate_cfg: CollateConfig, log: Any 
     rc = cfg.replay
     if rc.train is None:
         return None
-    from vlalign.data.validate import load_records
-
-    result = load_records(rc.train, format=rc.format, on_bad_rows=cfg.data.on_bad_rows)
+    # the replay file with the loading options of data: (image limits, network, cache, bad-row policy);
+    # its own format, and none of the training source's split/subset/revision/format options
+    result = load_records(side_data(cfg.data, rc.train, "replay", format=rc.format, format_options={}, split=None,
+                                    subset=None, revision=None, image_root=None))
     records = result.records[: rc.limit] if rc.limit else result.records
     if not records:
         raise ValueError(f"replay.train {rc.train}: no usable rows (rows: {result.n_rows}, bad: {result.n_bad_rows})")

@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
 
 from vlalign.config import BaseConfig
 from vlalign.data.collate import CollateConfig, EncodedDataset, collate, encode_response, fit_response
+from vlalign.data.validate import load_records
 from vlalign.models.heads import ScalarHeadModel
 from vlalign.objectives import bradley_terry_loss, plackett_luce_loss, safe_rlhf_cost_loss
 from vlalign.rewards.rm_metrics import pairwise_report, safety_report
 from vlalign.trainers.configs import TrainConfig
-from vlalign.trainers.run import start_run
+from vlalign.trainers.run import attach_dataset, collate_config, side_data, start_run
 from vlalign.trainers.step import StepResult, mean_over
 
 META_FILE = "reward_model.json"
@@ -47,6 +48,7 @@ class EvalSettings(BaseConfig):
 
 
 class ScalarModelConfig(TrainConfig):
+    data_features: ClassVar[frozenset[str]] = frozenset({"workers"})
     eval: EvalSettings = Field(default_factory=EvalSettings)
 
 
@@ -203,10 +205,8 @@ def evaluate_scalar_model(model: Any, processor: Any, cfg: ScalarModelConfig, ki
     """Held-out report for a reward (``kind="reward"``) or cost model; None when no eval data is set."""
     if cfg.eval.data is None:
         return None
-    from vlalign.data.validate import load_records
-
-    records = load_records(cfg.eval.data).records[: cfg.eval.limit]
-    dataset = EncodedDataset(records, processor, CollateConfig(cfg.data.max_length, cfg.model.max_pixels), "pair")
+    records = load_records(side_data(cfg.data, cfg.eval.data, "eval")).records[: cfg.eval.limit]
+    dataset = EncodedDataset(records, processor, collate_config(cfg), "pair")
     chosen, rejected = score_pairs(model, dataset, cfg.eval.batch_size)
     if kind != "cost":
         return pairwise_report(chosen, rejected, cfg.eval.calibration_bins)
@@ -246,7 +246,7 @@ def _run_scalar(cfg: ScalarModelConfig, kind: str, records: list[Any] | None, ma
         if cfg.eval.before_training:
             metrics["before"] = evaluate_scalar_model(run.acc.unwrap_model(run.model), run.processor, cfg, kind)
         dataset, micro_step, unit = make(run)
-        run.source.collate = dataset.batch
+        attach_dataset(run, dataset)
         loss_fn = mean_over(unit, micro_step)
         run.stop_after = stop_after
 
@@ -272,13 +272,13 @@ def train_reward_model(cfg: RewardModelConfig, records: list[Any] | None = None,
     """Bradley–Terry (pairs) or Plackett–Luce (ranked lists) reward model; returns the metrics."""
 
     def make(run: Any) -> tuple[Any, Any, str]:
-        collate_cfg = CollateConfig(cfg.data.max_length, cfg.model.max_pixels)
+        collate_cfg = collate_config(cfg)
         if _kind_of(run.records) == "ranked":
             ds = RankedDataset([_RankedAsPrompt(r) for r in run.records], run.processor, collate_cfg)
-            ds.check_all()
+            ds.check_all(cfg.data.num_workers)
             return ds, lambda b: pl_micro_step(run.model, b, run.records), "rankings"
         ds = EncodedDataset(run.records, run.processor, collate_cfg, "pair")
-        ds.check_all()
+        ds.check_all(cfg.data.num_workers)
         return ds, lambda b: bt_micro_step(run.model, b, run.records, cfg), "pairs"
 
     return _run_scalar(cfg, "reward", records, make, stop_after)
@@ -290,8 +290,8 @@ def train_cost_model(cfg: CostModelConfig, records: list[Any] | None = None,
 
     def make(run: Any) -> tuple[Any, Any, str]:
         safer_first(run.records, list(range(len(run.records))))  # every row labelled, before any step
-        ds = EncodedDataset(run.records, run.processor, CollateConfig(cfg.data.max_length, cfg.model.max_pixels), "pair")
-        ds.check_all()
+        ds = EncodedDataset(run.records, run.processor, collate_config(cfg), "pair")
+        ds.check_all(cfg.data.num_workers)
         return ds, lambda b: cost_micro_step(run.model, b, run.records, cfg), "pairs"
 
     return _run_scalar(cfg, "cost", records, make, stop_after)
@@ -306,8 +306,8 @@ def train_distill(cfg: DistillConfig, records: list[Any] | None = None,
     kind = teacher.kind
 
     def make(run: Any) -> tuple[Any, Any, str]:
-        ds = EncodedDataset(run.records, run.processor, CollateConfig(cfg.data.max_length, cfg.model.max_pixels), "pair")
-        ds.check_all()
+        ds = EncodedDataset(run.records, run.processor, collate_config(cfg), "pair")
+        ds.check_all(cfg.data.num_workers)
         targets = teacher.score_records(run.records, cfg.teacher_batch_size)  # (N, 2) computed once
         run.log.info(f"teacher scores: mean {float(targets.mean()):.3f}, std {float(targets.std()):.3f}")
 

@@ -43,7 +43,7 @@ from vlalign.rollout.collect import (
 from vlalign.rollout.config import RolloutConfig
 from vlalign.trainers.configs import ReplayConfig, TrainConfig
 from vlalign.trainers.dist import global_masked_stats
-from vlalign.trainers.run import Run, _Interrupt, build_run, open_run, resume_run
+from vlalign.trainers.run import Run, _Interrupt, build_run, collate_config, open_run, resume_run
 from vlalign.trainers.step import Share
 
 __all__ = ["RL_TRAINERS", "RLConfig", "RLRun", "_Interrupt", "finish_rl", "minibatch_rows", "outcome_token_rewards",
@@ -127,11 +127,11 @@ def load_prompt_records(cfg: RLConfig) -> tuple[list[Any], str]:
     from vlalign.data.collate import default_base_dir
     from vlalign.data.validate import load_records
 
-    result = load_records(cfg.data.train, cfg.data.format, cfg.data.on_bad_rows)
+    result = load_records(cfg.data)  # the whole data: section (split, subset, revision, options, report, ...)
     records = result.records[: cfg.data.limit] if cfg.data.limit else result.records
     if not records:
         raise ValueError(f"{cfg.data.train}: no usable prompt rows; RL needs records with images + prompt")
-    return records, default_base_dir(cfg.data.train)
+    return records, cfg.data.image_root or default_base_dir(cfg.data.train)
 
 
 def start_rl_run(cfg: RLConfig, modules: Callable[[Any], dict[str, Any]] | None = None,
@@ -171,8 +171,7 @@ def start_rl_run(cfg: RLConfig, modules: Callable[[Any], dict[str, Any]] | None 
         run.policy = run.acc.unwrap_model(run.model)
         run.collate_cfg = CollateConfig(max_length=cfg.data.max_length, max_pixels=cfg.model.max_pixels,
                                         base_dir=base_dir)
-        run.replay = build_replay(cfg, loaded.processor, CollateConfig(cfg.data.max_length, cfg.model.max_pixels),
-                                  run.log)
+        run.replay = build_replay(cfg, loaded.processor, collate_config(cfg), run.log)
         run.forward, why = resolve_forward(cfg.forward, run.policy, cfg.rollout.num_samples)
         run.log.info(f"log-prob forward: {run.forward}"
                      + (f" (shared_prefix not used: {why})" if why and cfg.forward != "batched" else ""))

@@ -34,6 +34,9 @@ import torch
 from accelerate.utils import DistributedType
 
 from vlalign.config import save_config
+from vlalign.data.collate import CollateConfig
+from vlalign.data.stream import stream_source
+from vlalign.data.validate import load_records
 from vlalign.hub import push_run
 from vlalign.monitors import MonitorSet
 from vlalign.trainers import checkpoint as ckpt
@@ -47,7 +50,7 @@ from vlalign.trainers.common import (
 from vlalign.trainers.dist import Dist
 from vlalign.trainers.logging import RunLogger
 from vlalign.trainers.run_folder import RunFolderError, check_resume, open_folder
-from vlalign.trainers.sources import IndexSource
+from vlalign.trainers.sources import IndexSource, PrefetchedIndexSource
 from vlalign.trainers.step import NonFiniteGuard, Share, StepOutcome, optimizer_step
 
 
@@ -148,8 +151,14 @@ class Run:
 
     # ------------------------------------------------------------------------------ checkpoints
 
+    def source_state(self) -> dict[str, Any]:
+        """The source's position for a checkpoint: one state, or every rank's when they differ (a stream's
+        read position is per rank). Called on every process (it gathers)."""
+        states = self.dist.gather_objects([self.source.state_dict() if self.source else {}])
+        return states[0] if all(s == states[0] for s in states) else {"kind": "per_rank", "ranks": states}
+
     def trainer_state(self) -> dict[str, Any]:
-        return {"skipped_steps": self.guard.skipped, "source": self.source.state_dict() if self.source else {},
+        return {"skipped_steps": self.guard.skipped, "source": self.source_state(),
                 "config": self.cfg.model_dump(mode="json"), "data_fingerprint": self.data_fingerprint,
                 **self.save_state()}
 
@@ -165,6 +174,9 @@ class Run:
         if self.closed:
             return
         self.closed = True
+        close_source = getattr(self.source, "close", None)
+        if close_source is not None:  # worker processes of a streamed or prefetched source
+            close_source()
         self.log.close()
         if self.lock is not None:
             self.lock.release()
@@ -223,10 +235,10 @@ def open_run(cfg: Any, cls: type[Run] = Run) -> Run:
 
 
 def load_train_records(cfg: Any) -> list[Any]:
-    """Validated records of ``cfg.data.train`` (bad rows: error naming file/row/field, or skipped if asked)."""
-    from vlalign.data.validate import load_records
-
-    result = load_records(cfg.data.train, format=cfg.data.format, on_bad_rows=cfg.data.on_bad_rows)
+    """Validated records of ``cfg.data.train`` with every option of the ``data:`` section applied (split,
+    subset, revision, format options, image root and limits, bad-row policy and report, ...); bad rows:
+    an error naming file/row/field, or skipped and listed if asked. ``data.limit`` keeps the first N."""
+    result = load_records(cfg.data)
     records = result.records
     if cfg.data.limit:
         records = records[: cfg.data.limit]
@@ -235,14 +247,24 @@ def load_train_records(cfg: Any) -> list[Any]:
     return records
 
 
+def side_data(data: Any, source: str, report_tag: str, **update: Any) -> Any:
+    """The ``data:`` section re-pointed at another source read beside the training rows (held-out rows,
+    replay rows): the same loading options, map-style, no row limit, and its own bad-rows report
+    (``<report>.<report_tag>.json`` next to ``data.bad_rows_report``) so neither list overwrites the other."""
+    report = data.bad_rows_report
+    if report:
+        p = Path(report)
+        report = str(p.with_name(f"{p.stem}.{report_tag}{p.suffix or '.json'}"))
+    return data.model_copy(update={"train": source, "streaming": False, "limit": None, "bad_rows_report": report,
+                                   **update})
+
+
 def split_eval(cfg: Any, records: list[Any]) -> tuple[list[Any], list[Any]]:
-    """(training rows, held-out rows): ``data.eval`` when set, else a seeded ``data.eval_fraction`` of the
-    rows (taken out of training), else no held-out rows."""
+    """(training rows, held-out rows): ``data.eval`` when set (loaded with the options of ``data:``), else a
+    seeded ``data.eval_fraction`` of the rows (taken out of training), else no held-out rows."""
     data = cfg.data
     if getattr(data, "eval", None):
-        from vlalign.data.validate import load_records
-
-        held = load_records(data.eval, format=data.format, on_bad_rows=data.on_bad_rows).records
+        held = load_records(side_data(data, data.eval, "eval")).records
     elif getattr(data, "eval_fraction", 0.0) > 0:
         n_eval = max(1, round(data.eval_fraction * len(records)))
         if n_eval >= len(records):
@@ -257,19 +279,40 @@ def split_eval(cfg: Any, records: list[Any]) -> tuple[list[Any], list[Any]]:
     return records, held[:limit] if limit else held
 
 
+def collate_config(cfg: Any) -> CollateConfig:
+    """How this run's records become tensors (``data.max_length``, ``model.max_pixels``, ``data.assistant_turns``)."""
+    return CollateConfig(cfg.data.max_length, cfg.model.max_pixels, assistant_turns=cfg.data.assistant_turns)
+
+
+def attach_dataset(run: Run, dataset: Any) -> None:
+    """Map-style batches of the run come from ``dataset``: encoded in the training process, or with
+    ``data.num_workers > 0`` a few steps ahead in worker processes — the same plan (row indices per step),
+    so the same batches either way."""
+    run.source.collate = dataset.batch
+    workers = getattr(run.cfg.data, "num_workers", 0)
+    if workers:
+        run.source = PrefetchedIndexSource(run.source, dataset, workers)
+
+
 def build_run(run: Run, model: Any, processor: Any, records: list[Any], *, accumulation: int,
               updates_per_step: int = 1, modules: dict[str, Any] | None = None,
-              adjust_optimizer: Callable[[Any], None] | None = None) -> Run:
+              adjust_optimizer: Callable[[Any], None] | None = None,
+              stream: tuple[str, str | None] | None = None) -> Run:
     """Optimizer over the model (+ ``modules``), schedule over every optimizer step, ``accelerator.prepare``,
     and the data source: ``per_device_batch_size`` rows per micro-batch, ``accumulation`` micro-batches
     per process per step (the supervised trainers: gradient_accumulation_steps; RL: 1 batch of prompts
-    per rollout)."""
+    per rollout). With ``stream`` = (record kind, extra block) the rows are read from ``data.train`` as a
+    stream (:func:`vlalign.data.stream.stream_source`) and ``records`` is empty."""
     cfg, acc = run.cfg, run.acc
     run.processor, run.records = processor, records
-    run.data_fingerprint = data_fingerprint(records)
-    run.source = IndexSource(len(records), cfg.per_device_batch_size, accumulation, acc.process_index,
-                             acc.num_processes, cfg.seed)
-    run.total = run.source.total_steps(cfg.max_steps, cfg.num_epochs)
+    if stream is not None:
+        run.source = streamed_source(run, processor, accumulation, *stream)
+        run.total = cfg.max_steps
+    else:
+        run.data_fingerprint = data_fingerprint(records)
+        run.source = IndexSource(len(records), cfg.per_device_batch_size, accumulation, acc.process_index,
+                                 acc.num_processes, cfg.seed)
+        run.total = run.source.total_steps(cfg.max_steps, cfg.num_epochs)
     modules = dict(modules or {})
     if acc.distributed_type == DistributedType.FSDP:
         for m in (model, *modules.values()):
@@ -285,6 +328,17 @@ def build_run(run: Run, model: Any, processor: Any, records: list[Any], *, accum
     run.scheduler = scheduler
     acc.register_for_checkpointing(scheduler)
     return run
+
+
+def streamed_source(run: Run, processor: Any, accumulation: int, kind: str, extra: str | None) -> Any:
+    """This rank's stream of ``data.train`` (:class:`vlalign.data.stream.StreamSource`): micro-batches of
+    ``per_device_batch_size`` good records, ``accumulation`` per step, shuffled with the run's seed."""
+    cfg = run.cfg
+    if not cfg.max_steps:  # the configs refuse this already; a stream has no length to count epochs over
+        raise ValueError("data.streaming=true needs max_steps: a stream has no length to count epochs over")
+    return stream_source(cfg.data, processor, kind, micro_batch=cfg.per_device_batch_size,
+                         micro_batches_per_step=accumulation, rank=run.dist.rank, world=run.dist.world,
+                         seed=cfg.seed, max_pixels=cfg.model.max_pixels, extra=extra)
 
 
 def prune_no_split_modules(model: Any) -> None:
@@ -308,7 +362,7 @@ def resume_run(run: Run) -> Run:
     if path is not None:
         saved = json.loads((Path(path) / ckpt.STATE_FILE).read_text())
         check_resume(saved, cfg, run.data_fingerprint, Path(path))
-        run.source.load_state_dict(saved.get("source", {}))
+        run.source.load_state_dict(rank_state(saved.get("source", {}), run.dist.rank, run.dist.world, path))
         run.state = ckpt.load_checkpoint(acc, path)
         run.start_step = int(run.state["step"])
         run.guard.skipped = int(run.state.get("skipped_steps", 0))
@@ -320,24 +374,46 @@ def resume_run(run: Run) -> Run:
     return run
 
 
+def rank_state(state: dict[str, Any], rank: int, world: int, where: Any) -> dict[str, Any]:
+    """This rank's part of a checkpoint's source state (see :meth:`Run.source_state`)."""
+    if state.get("kind") != "per_rank":
+        return state
+    if len(state["ranks"]) != world:
+        raise ValueError(f"{where}: the data source was saved by {len(state['ranks'])} processes and this run has "
+                         f"{world}; a stream resumes exactly only with the same number of processes")
+    return state["ranks"][rank]
+
+
 def start_run(cfg: Any, records: list[Any] | None = None, wrap_model: Any = None, *,
               on_load: Callable[[Run, Any], None] | None = None,
-              before_resume: Callable[[Run], None] | None = None) -> Run:
+              before_resume: Callable[[Run], None] | None = None,
+              stream: tuple[str, str | None] | None = None) -> Run:
     """The supervised trainers' set-up: folder, accelerator, validated rows (and held-out rows), model
     (``wrap_model(model)`` e.g. adds a scalar head before the optimizer is built), optimizer, schedule,
     prepare, ``before_resume(run)`` (things that must see the weights as loaded, never a restored
-    checkpoint: DPO's reference pass), resume. ``on_load(run, model)`` sees the freshly loaded model."""
+    checkpoint: DPO's reference pass), resume. ``on_load(run, model)`` sees the freshly loaded model.
+    With ``data.streaming`` the trainer passes ``stream`` = (record kind, extra block): the training rows
+    are then read as a stream while training, never loaded up front."""
     from vlalign.models.load import load_model
 
+    streaming = bool(getattr(cfg.data, "streaming", False))
+    if streaming and (stream is None or records is not None):
+        raise ValueError("data.streaming=true: this trainer reads its rows up front (or was given them); "
+                         "set data.streaming=false")
     run = open_run(cfg)
     try:
-        rows = records if records is not None else load_train_records(cfg)  # bad data fails before the model load
-        rows, run.eval_records = split_eval(cfg, list(rows))
+        if streaming:
+            rows: Any = []
+            run.eval_records = split_eval(cfg, [])[1]
+        else:
+            rows = records if records is not None else load_train_records(cfg)  # bad data fails before the model load
+            rows, run.eval_records = split_eval(cfg, list(rows))
         loaded = load_model(cfg.model)
         model = loaded.model if wrap_model is None else wrap_model(loaded.model)
         if on_load is not None:
             on_load(run, model)
-        build_run(run, model, loaded.processor, rows, accumulation=cfg.gradient_accumulation_steps)
+        build_run(run, model, loaded.processor, rows, accumulation=cfg.gradient_accumulation_steps,
+                  stream=stream if streaming else None)
         if before_resume is not None:
             before_resume(run)
         return resume_run(run)

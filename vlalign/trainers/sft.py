@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlalign.data.collate import CollateConfig, EncodedDataset
+from vlalign.data.collate import EncodedDataset
 from vlalign.models.logprobs import response_logprobs
 from vlalign.trainers.configs import SFTConfig
 from vlalign.trainers.replay import Replay, build_replay, replay_nll
-from vlalign.trainers.run import evaluate_sums, start_run
+from vlalign.trainers.run import attach_dataset, collate_config, evaluate_sums, start_run
 from vlalign.trainers.step import StepResult, mean_over
 
 
@@ -37,12 +37,13 @@ def sft_micro_step(model: Any, batch: Any, replay: Replay | None = None) -> Step
 
 def train_sft(cfg: SFTConfig, records: list[Any] | None = None, stop_after: int | None = None) -> dict[str, Any]:
     """Run SFT as configured; returns the run summary (``final/`` holds the trained model)."""
-    run = start_run(cfg, records)
+    run = start_run(cfg, records, stream=("sft", None))
     try:
-        collate_cfg = CollateConfig(cfg.data.max_length, cfg.model.max_pixels)
-        dataset = EncodedDataset(run.records, run.processor, collate_cfg, "sft")
-        dataset.check_all()
-        run.source.collate = dataset.batch
+        collate_cfg = collate_config(cfg)
+        if not cfg.data.streaming:  # a stream encodes its rows as it reads them (and reports bad ones then)
+            dataset = EncodedDataset(run.records, run.processor, collate_cfg, "sft")
+            dataset.check_all(cfg.data.num_workers)
+            attach_dataset(run, dataset)
         replay = build_replay(cfg, run.processor, collate_cfg, run.log)
 
         def counts(b: Any) -> dict[str, float]:  # response tokens of the batch (+ those of its replay rows)

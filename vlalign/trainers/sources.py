@@ -26,6 +26,8 @@ from typing import Any, Protocol
 
 import torch
 
+from vlalign.data.loader import MapSource
+
 
 class BatchSource(Protocol):
     def micro_batches(self, step: int) -> list[Any]: ...
@@ -100,3 +102,28 @@ class IndexSource:
                 raise ValueError(f"resume: the data order differs from the checkpoint's ({changes}); the batches "
                                  "would not continue where the run stopped. Resume with the same data, batch size, "
                                  "process count and seed, or start over with resume=false overwrite=true")
+
+
+class PrefetchedIndexSource:
+    """An :class:`IndexSource`'s plan, encoded a few steps ahead in worker processes
+    (:class:`vlalign.data.loader.MapSource`): the same row indices per step, so the same batches as
+    encoding in the training process; the position (and the resume check) stays the IndexSource's."""
+
+    def __init__(self, index: IndexSource, dataset: Any, num_workers: int) -> None:
+        self.index = index
+        self.loader = MapSource(dataset, index.indices, num_workers)
+
+    def micro_batches(self, step: int) -> list[Any]:
+        return self.loader.micro_batches(step)
+
+    def total_steps(self, max_steps: int | None, num_epochs: float) -> int:
+        return self.index.total_steps(max_steps, num_epochs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.index.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.index.load_state_dict(state)
+
+    def close(self) -> None:
+        self.loader.close()
