@@ -194,8 +194,9 @@ def build_tiny_model(family: str, size: ModelSize, image_size: int, seed: int, o
     from vlalign.models.tiny import TINY_FAMILIES, SizeSpec
 
     spec = SizeSpec(**size.model_dump(), image_size=image_size)
-    torch.manual_seed(seed)
-    model, processor = TINY_FAMILIES.get(family)(spec, seed)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's RNG stays as it was
+        torch.manual_seed(seed)
+        model, processor = TINY_FAMILIES.get(family)(spec, seed)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
