@@ -88,3 +88,22 @@ def test_training_run_restores_threads_and_rng(tmp_path, caller_state):
                           progress=False, eval_limit=4, seed=2, num_threads=1)  # fmt: skip
     train_clip(cfg)
     assert _global_state() == caller_state  # 3 threads again, and the caller's RNG streams where they were
+
+
+def test_recipe_runner_hands_back_threads_and_rng(tmp_path, caller_state):
+    from vlalign.experiments import active_learning, demo, dpo_vs_rl, kl_sweep, reward_sources, safe_rlhf
+    from vlalign.experiments.base import keeps_global_state, start_experiment
+
+    @keeps_global_state
+    def recipe(tmp: str) -> int:  # what a recipe does to the process: pins threads, seeds its stages
+        start_experiment(1, tmp)
+        torch.manual_seed(0)
+        np.random.seed(0)
+        random.seed(0)
+        return torch.get_num_threads()
+
+    assert recipe(str(tmp_path / "out")) == 1
+    assert _global_state() == caller_state
+    for run in (demo.run_demo, kl_sweep.run_kl_sweep, dpo_vs_rl.run_dpo_vs_rl,
+                active_learning.run_active_learning, safe_rlhf.run_safe_rlhf, reward_sources.run_reward_sources):
+        assert getattr(run, "__wrapped__", None) is not None, run  # every recipe runner is wrapped
