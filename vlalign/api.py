@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vlalign.evaluation.evaluate import EvalConfig
 from vlalign.experiments.evaluator import Evaluation, evaluate_model
 from vlalign.recipes import load_recipe
+from vlalign.rollout.collect import seeded
 
 __all__ = ["Evaluation", "evaluate", "load_recipe"]
 
@@ -26,5 +25,5 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, config: EvalC
     ``limit=50`` ...). Writes ``metrics.json``, ``items.json``, ``summary.md`` and ``answers.jsonl`` into
     ``out`` and returns the metrics, the per-item values and each rate's 95% bootstrap interval."""
     cfg = EvalConfig.model_validate({**(config or EvalConfig()).model_dump(), **settings})
-    torch.manual_seed(cfg.seed)
-    return evaluate_model(Path(model), Path(data), Path(out), cfg, None if ref is None else Path(ref), {"dtype": cfg.dtype})
+    with seeded(cfg.seed):  # its own RNG stream; the caller's RNG is left as it was
+        return evaluate_model(Path(model), Path(data), Path(out), cfg, None if ref is None else Path(ref), {"dtype": cfg.dtype})

@@ -40,7 +40,8 @@ def test_grpo_reward_rises(tmp_path, learning):
     rows = [r for r in read_metrics(cfg.output_dir) if "reward/mean" in r]
     assert len(rows) == 16 and res["stop_reason"] is None
     first, last = _first_last(rows, "reward/mean")
-    # seeds 0-4 x kernels AVX2 / default (scripts/learning_spread.py): rise 0.34-0.39; > 0.1 leaves 3x margin.
+    # seeds 0-4 x kernels native (AVX2) / default (scripts/learning_spread.py): rise 0.24-0.39 (mean
+    # 0.34 ± 0.06); > 0.1 leaves the worst run 0.14 above the bound, 58% of its effect.
     assert learning.above("reward rise", last - first, 0.1), (first, last)
     assert all(r["kl/mean"] >= 0 for r in rows[1:])  # k3 is ≥ 0 and was logged every step
     assert (Path(cfg.output_dir) / "final" / "config.json").is_file()
@@ -58,32 +59,38 @@ def test_rloo_reward_rises(tmp_path, learning):
     rows = [r for r in read_metrics(cfg.output_dir) if "reward/mean" in r]
     assert len(rows) == 16 and res["stop_reason"] is None
     first, last = _first_last(rows, "reward/mean")
-    # seeds 0-4 x kernels AVX2 / default (scripts/learning_spread.py): rise 0.14-0.36 (mean 0.27 ± 0.09);
-    # > 0.07 leaves 2x margin below the worst run.
+    # seeds 0-4 x kernels native (AVX2) / default (scripts/learning_spread.py): rise 0.30-0.40 (mean
+    # 0.33 ± 0.03; 0.14-0.36 before the trainer core's merge); > 0.07 leaves the worst run 4x the bound.
     assert learning.above("reward rise", last - first, 0.07), (first, last)
     # whitened: mean |A| ≤ std(A) = 1 (Cauchy-Schwarz); raw leave-one-out advantages here are ~0.05
-    abs_mean = [r["advantage/abs_mean"] for r in rows]  # smallest 0.60-0.77 over seeds 0-4 x AVX2 / default
+    abs_mean = [r["advantage/abs_mean"] for r in rows]  # smallest 0.60-0.70 over seeds 0-4 x AVX2 / default
     assert max(abs_mean) <= 1.0 and learning.above("smallest mean |A|", min(abs_mean), 0.2), abs_mean
 
 
 def test_length_paying_reward_trips_length_monitor(tmp_path, learning):
-    # The policy starts answering in ~1-3 tokens (eos made likely); a reward that pays for characters
+    # The policy starts answering in ~2-5 tokens (eos made likely); a reward that pays for characters
     # teaches it to stop stopping, and the length monitor must see it and stop the run.
+    # WHY 8 samples per prompt and a window of 1: the tiny policy's lengths jump between whole modes
+    # (1, 8.5, 16 tokens). With 4 samples and a 2-rollout window, seed 8 collapsed to 1-token answers
+    # (every sample of a prompt equally short: zero GRPO advantage, no signal) and seed 0 of 8 samples
+    # missed the 2-rollout mean by 0.06 token; both kernels alike.
     model = tiny_llava(tmp_path.parent / "models", eos_boost=15.0)
     cfg_dict = rl_overrides(
         tmp_path, model, prompt_file(tmp_path / "data"), max_steps=14, learning_rate=1e-2, seed=learning.seed,
-        reward={"name": "test_length"}, rollout__max_new_tokens=16,
+        reward={"name": "test_length"}, rollout__max_new_tokens=16, rollout__num_samples=8,
         monitors=[{"name": "length_explosion", "action": "stop",
-                   "kwargs": {"baseline_steps": 1, "window": 2, "factor": 2.0, "min_increase": 3.0}}],
+                   "kwargs": {"baseline_steps": 1, "window": 1, "factor": 1.5, "min_increase": 2.0}}],
     )
     cfg, res = _run("grpo", cfg_dict)
     rows = read_metrics(cfg.output_dir)
     assert res["stop_reason"] and "length_explosion" in res["stop_reason"], res
     assert any(r.get("event") == "monitor" and r["monitor"] == "length_explosion" for r in rows)
     lengths = [r["response/length_mean"] for r in rows if "response/length_mean" in r]
-    # Seeds 0-3 x kernels AVX2 / default: ratio 3.4-6.4. NOT robust: on seed 4 (both kernels) every
-    # response is 1 token from the second rollout on (equal rewards, no signal) and the monitor never trips.
-    assert learning.above("longest / first mean length", max(lengths) / lengths[0], 2.0), lengths
+    # Seeds 0-19 x kernels native (AVX2) / default, identical under both: every run tripped, by rollout 2
+    # on 36 of 40 runs, by rollout 3 on the rest; at the trip the mean length was 2.4-6.8x the first
+    # rollout's (2.1-4.6 tokens) and 4.9-14 tokens longer. The rule asks for 1.5x and +2 tokens: every
+    # run clears both by >= 2.9 tokens, the ratio bound 1.5 by >= 0.89 (docs/reproducibility.md).
+    assert learning.above("length at trip / first length", lengths[-1] / lengths[0], 1.5), lengths
 
 
 def test_resume_after_kill_equals_uninterrupted(tmp_path):

@@ -95,6 +95,7 @@ def generate_from_encoded(model: Any, processor: Any, encoded: Sequence[tuple[li
     """:func:`generate_token_ids` on prompts already encoded (e.g. multi-turn ones)."""
     import torch
 
+    from vlalign.rollout.collect import seeded
     from vlalign.rollout.generate import eos_token_ids, left_pad, trim_response
 
     if not encoded:
@@ -109,29 +110,29 @@ def generate_from_encoded(model: Any, processor: Any, encoded: Sequence[tuple[li
         if cfg.do_sample
         else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     )
-    if cfg.do_sample and seed is not None:
-        torch.manual_seed(seed)
-    out: list[list[int]] = [[] for _ in encoded]
-    was_training = model.training
-    model.eval()
-    try:
-        for idx in _batches(order, cfg.batch_size):
-            ids, mask = left_pad([encoded[i][0] for i in idx], pad_id)  # (B, P), (B, P)
-            images = _stack_images([encoded[i][1] for i in idx])
-            with torch.no_grad():
-                gen = model.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    **{k: v.to(device) for k, v in images.items()},
-                    max_new_tokens=cfg.max_new_tokens,
-                    pad_token_id=pad_id,
-                    use_cache=True,
-                    **sample_kw,
-                )  # (B, P + R)
-            for row, i in enumerate(idx):
-                out[i] = trim_response(gen[row, ids.shape[1] :].tolist(), eos, pad_id)
-    finally:
-        model.train(was_training)
+    # sampling draws from its own stream `seed`; the caller's RNG is left as it was
+    with seeded(seed if cfg.do_sample else None):
+        out: list[list[int]] = [[] for _ in encoded]
+        was_training = model.training
+        model.eval()
+        try:
+            for idx in _batches(order, cfg.batch_size):
+                ids, mask = left_pad([encoded[i][0] for i in idx], pad_id)  # (B, P), (B, P)
+                images = _stack_images([encoded[i][1] for i in idx])
+                with torch.no_grad():
+                    gen = model.generate(
+                        input_ids=ids.to(device),
+                        attention_mask=mask.to(device),
+                        **{k: v.to(device) for k, v in images.items()},
+                        max_new_tokens=cfg.max_new_tokens,
+                        pad_token_id=pad_id,
+                        use_cache=True,
+                        **sample_kw,
+                    )  # (B, P + R)
+                for row, i in enumerate(idx):
+                    out[i] = trim_response(gen[row, ids.shape[1] :].tolist(), eos, pad_id)
+        finally:
+            model.train(was_training)
     return out
 
 

@@ -27,7 +27,13 @@ from typing import Any
 from pydantic import Field
 
 from vlalign.config import BaseConfig
-from vlalign.experiments.base import RecipeConfig, start_experiment, with_absolute_images, write_jsonl
+from vlalign.experiments.base import (
+    RecipeConfig,
+    keeps_global_state,
+    start_experiment,
+    with_absolute_images,
+    write_jsonl,
+)
 
 STRATEGIES = ("random", "active")
 
@@ -183,6 +189,7 @@ def write_report(summary: dict[str, Any], out: Path) -> None:
     rep.write(out / "report.html")
 
 
+@keeps_global_state
 def run_active_learning(cfg: ActiveLearningConfig, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
     from vlalign.data.shapes.generate import ShapesConfig, generate_shapes
     from vlalign.data.validate import load_records

@@ -10,6 +10,7 @@ instead of the method. The recipes (demo, kl-sweep, dpo-vs-rl, reward-sources, s
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import time
@@ -29,6 +30,7 @@ from vlalign.recipes import config_source, recipe_path
 from vlalign.registry import Registry
 
 R = TypeVar("R", bound="RecipeConfig")
+Out = TypeVar("Out")
 
 # ------------------------------------------------------------------------------------------ configs
 
@@ -194,8 +196,9 @@ def build_tiny_model(family: str, size: ModelSize, image_size: int, seed: int, o
     from vlalign.models.tiny import TINY_FAMILIES, SizeSpec
 
     spec = SizeSpec(**size.model_dump(), image_size=image_size)
-    torch.manual_seed(seed)
-    model, processor = TINY_FAMILIES.get(family)(spec, seed)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's RNG stays as it was
+        torch.manual_seed(seed)
+        model, processor = TINY_FAMILIES.get(family)(spec, seed)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -281,6 +284,24 @@ def run_once(out: Path, train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     info = train()
     done.write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def keeps_global_state(run: Callable[..., Out]) -> Callable[..., Out]:
+    """For a recipe's ``run_*`` function: a recipe pins torch's thread count (``threads``) and its stages
+    seed the random generators; called from a user's program it hands the process back as it found it
+    (thread count, deterministic flag, ``random`` / numpy / torch generators restored)."""
+
+    @functools.wraps(run)
+    def wrapper(*args: Any, **kwargs: Any) -> Out:
+        from vlalign.trainers.common import GlobalTorchState
+
+        saved = GlobalTorchState()
+        try:
+            return run(*args, **kwargs)
+        finally:
+            saved.restore()
+
+    return wrapper
 
 
 def start_experiment(threads: int | None, out_dir: str | Path) -> Path:

@@ -43,6 +43,7 @@ from vlalign.evaluation.report import (
 from vlalign.experiments.base import (
     DPOStage,
     StageClock,
+    keeps_global_state,
     start_experiment,
     trainer_config,
     with_absolute_images,
@@ -193,6 +194,7 @@ def image_gap(cfg: DemoConfig, data: Path) -> Extra:
     return extra
 
 
+@keeps_global_state
 def run_demo(cfg: DemoConfig, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
     """The whole demo; returns (and writes) ``metrics.json``'s content."""
     out = start_experiment(cfg.threads, out_dir)

@@ -40,7 +40,7 @@ from vlalign.evaluation.report import (
     plot_curves,
     read_metrics_jsonl,
 )
-from vlalign.experiments.base import start_experiment
+from vlalign.experiments.base import keeps_global_state, start_experiment
 from vlalign.experiments.evaluator import Evaluation
 from vlalign.experiments.method_runs import (
     RL_TRAINERS,
@@ -230,6 +230,7 @@ def write_report(out: Path, result: dict[str, Any], cfg: DPOvsRLConfig) -> Path:
 # ------------------------------------------------------------------------------------------ recipe
 
 
+@keeps_global_state
 def run_dpo_vs_rl(cfg: DPOvsRLConfig, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
     """The whole comparison; returns (and writes) ``metrics.json``'s content."""
     out = start_experiment(cfg.threads, out_dir)

@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 
 from vlalign.config import BaseConfig
 from vlalign.evaluation.report import Report, _figure, _png, fmt_value
-from vlalign.experiments.base import start_experiment
+from vlalign.experiments.base import keeps_global_state, start_experiment
 from vlalign.experiments.method_runs import ExperimentBase, available_methods, get_measured_base, train_method
 from vlalign.experiments.uncertainty import ci_text, compare
 from vlalign.machine import machine_info, machine_line
@@ -217,6 +217,7 @@ def cell(metrics: dict[str, float], intervals: dict[str, Any], key: str) -> str:
     return ci_text(intervals[key]) if key in intervals else fmt_value(metrics.get(key))
 
 
+@keeps_global_state
 def run_kl_sweep(cfg: KLSweepConfig, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
     """The whole sweep; returns (and writes) ``metrics.json``'s content."""
     out = start_experiment(cfg.threads, out_dir)

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import Field, model_validator
 
 from vlalign.config import BaseConfig
@@ -53,7 +52,7 @@ from vlalign.models.load import ModelConfig, load_model
 from vlalign.monitors import MonitorSpec
 from vlalign.registry import Registry
 from vlalign.rewards import build_source
-from vlalign.rollout.collect import sample_experience, score_experience, score_with
+from vlalign.rollout.collect import sample_experience, score_experience, score_with, seeded
 from vlalign.rollout.config import RolloutConfig
 from vlalign.trainers.dpo import train_dpo
 from vlalign.trainers.sft import train_sft
@@ -215,10 +214,10 @@ def probe_samples(model: Any, processor: Any, reference: Any, prompts: list[Any]
                   items: dict[str, Any] | None = None) -> dict[str, float]:  # fmt: skip
     """Sample K answers per held-out prompt; gold reward, diversity and KL to ``reference``. With
     ``items``, the gold reward's per-prompt values (mean over the prompt's K answers) are added to it."""
-    torch.manual_seed(seed)
     rcfg = RolloutConfig(num_samples=probe.samples_per_prompt, max_new_tokens=probe.max_new_tokens,
                          temperature=probe.temperature)  # fmt: skip
-    exp = sample_experience(model, processor, prompts, rcfg, CollateConfig(max_length=160))
+    with seeded(seed):  # its own sampling stream; the caller's RNG is left as it was
+        exp = sample_experience(model, processor, prompts, rcfg, CollateConfig(max_length=160))
     m = score_experience(exp, model, reference, need_old_logprobs=True, need_reference=True, temperature=probe.temperature)
     gold, _ = score_with(build_source("shapes_rules"), exp, "gold")  # (P·K,)
     if items is not None:

@@ -44,6 +44,7 @@ from vlalign.experiments.base import (
     Stage,
     StageClock,
     build_tiny_model,
+    keeps_global_state,
     start_experiment,
     trainer_config,
     with_absolute_images,
@@ -337,6 +338,7 @@ def label_pools(cfg: RewardSourcesConfig, ctx: Ctx, prompts: list[Any], answers:
     return pools, pool_stats
 
 
+@keeps_global_state
 def run_reward_sources(cfg: RewardSourcesConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole experiment; returns (and writes) ``metrics.json``'s content."""
     out = start_experiment(cfg.threads, out_dir)

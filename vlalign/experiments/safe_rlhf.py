@@ -48,6 +48,7 @@ from vlalign.experiments.base import (
     StageClock,
     TinyRecipe,
     build_data_and_model,
+    keeps_global_state,
     load_base,
     run_once,
     save_base,
@@ -301,6 +302,7 @@ def lambda_curve(rows: list[dict[str, Any]]) -> list[list[float]]:
 # ------------------------------------------------------------------------------------------ recipe
 
 
+@keeps_global_state
 def run_safe_rlhf(cfg: SafeRLHFConfig, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
     """The whole recipe; returns (and writes) ``metrics.json``'s content."""
     out = start_experiment(cfg.threads, out_dir)

@@ -8,8 +8,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vlalign.config import save_config
 from vlalign.evaluation.context import EvalConfig, EvalContext
 from vlalign.evaluation.evaluate import write_outputs
@@ -25,6 +23,7 @@ from vlalign.redteam.loop import (
     training_sets,
     write_attempts,
 )
+from vlalign.rollout.collect import seeded
 
 
 def asr_plot(metrics: dict[str, float], cis: dict[str, Any]) -> bytes:
@@ -43,10 +42,15 @@ def asr_plot(metrics: dict[str, float], cis: dict[str, Any]) -> bytes:
 
 
 def redteam(cfg: RedteamConfig) -> tuple[Path, dict[str, float]]:
-    """Run and write everything; returns (output folder, metrics)."""
+    """Run and write everything; returns (output folder, metrics). Draws from its own RNG stream
+    ``cfg.seed``: the caller's RNG is left as it was."""
+    with seeded(cfg.seed):
+        return _redteam(cfg)
+
+
+def _redteam(cfg: RedteamConfig) -> tuple[Path, dict[str, float]]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
     target = load_model(ModelConfig(name_or_path=cfg.model, dtype=cfg.dtype))
     if cfg.replay:
         replay, ids = load_attempts(Path(cfg.replay))

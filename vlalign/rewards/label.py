@@ -89,7 +89,15 @@ def _pairs_of_group(rec: Any, texts: list[str], scores: list[float], cfg: LabelC
 
 
 def run_label(cfg: LabelConfig) -> dict[str, Any]:
-    """Sample, score, pair and write; returns the summary (also written to label_summary.json)."""
+    """Sample, score, pair and write; returns the summary (also written to label_summary.json). Sampling
+    draws from its own stream ``cfg.seed``: the caller's torch RNG is left as it was."""
+    from vlalign.rollout.collect import seeded
+
+    with seeded(cfg.seed):
+        return _label(cfg)
+
+
+def _label(cfg: LabelConfig) -> dict[str, Any]:
     from vlalign.data.collate import CollateConfig
     from vlalign.data.io import write_records
     from vlalign.data.records import PromptRecord
@@ -101,7 +109,6 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    torch.manual_seed(cfg.seed)
     records = [r for r in load_records(cfg.prompts, format=cfg.format).records if isinstance(r, PromptRecord)]
     records = records[: cfg.limit]
     if not records:

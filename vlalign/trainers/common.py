@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from vlalign.registry import Registry
@@ -154,17 +156,26 @@ def resolve_precision(choice: str) -> str:
 
 
 class GlobalTorchState:
-    """Thread count and deterministic-algorithms flag of the process, saved before a run changes them
-    and restored after it (a library call must not leave the caller's process altered)."""
+    """Thread count, deterministic-algorithms flag and the random generators (``random``, numpy, torch's
+    CPU and CUDA ones) of the process, saved before a run changes them (``num_threads``, the run's seed)
+    and restored after it: a library call must not leave the caller's process altered."""
 
     def __init__(self) -> None:
         self.threads = torch.get_num_threads()
         self.deterministic = torch.are_deterministic_algorithms_enabled()
         self.cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+        self.rng = (random.getstate(), np.random.get_state(), torch.random.get_rng_state(),
+                    torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
 
     def restore(self) -> None:
         torch.set_num_threads(self.threads)
         torch.use_deterministic_algorithms(self.deterministic)
+        py, np_state, cpu, cuda = self.rng
+        random.setstate(py)
+        np.random.set_state(np_state)
+        torch.random.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
         if self.cublas is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         else:

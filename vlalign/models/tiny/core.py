@@ -113,8 +113,9 @@ def build_tiny(family: str, out_dir: str | Path, size: str = "tiny", seed: int =
 
     builder = TINY_FAMILIES.get(family)
     spec = spec or size_spec(family, size)
-    torch.manual_seed(seed)
-    model, processor = builder(spec, seed)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's RNG stays as it was
+        torch.manual_seed(seed)
+        model, processor = builder(spec, seed)
     model = model.to(getattr(torch, dtype))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
