@@ -59,3 +59,16 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# The default suite as another machine's CPU sees it: torch's AVX2 and generic kernels (ATEN_CPU_CAPABILITY),
+# one run with the tests in reverse order, one in a random order (its seed is printed; rerun that
+# order with ORDER_SEED=N). See docs/reproducibility.md.
+ifndef ORDER_SEED
+ORDER_SEED := $(shell date +%s)
+endif
+.PHONY: test-any-cpu
+test-any-cpu: $(STAMP)
+	ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -m "not slow" --reverse tests
+	@echo "random order $(ORDER_SEED) (the same order again: make test-any-cpu ORDER_SEED=$(ORDER_SEED))"
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m "not slow" --random-order-bucket=module \
+		--random-order-seed=$(ORDER_SEED) tests

@@ -71,6 +71,60 @@ def memory_report(baseline_hwm_mb: float, final_hwm_mb: float) -> dict[str, floa
 # ---------------------------------------------------------------------------------------- timings
 
 
+def cuda_sync() -> None:
+    """Wait for queued GPU work, so a clock read after it counts it (no-op on CPU)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def gpu_memory() -> dict[str, float]:
+    """Peak GPU memory allocated by torch in this process (MiB); {} when no GPU was used."""
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return {}
+    return {"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / MIB / MIB, 1)}
+
+
+class StepClock:
+    """Wall-clock (``perf_counter``) and process CPU seconds at the end of every optimizer step.
+
+    A global optimizer step post-hook: the same instrument inside every framework (an optimizer step is
+    the end of a training step's work whatever the trainer's loop looks like). ``start()`` marks the
+    start of the end-to-end clock, right before the trainer is built.
+    """
+
+    def __init__(self) -> None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.t0 = self.c0 = 0.0
+        self._handle = register_optimizer_step_post_hook(self._on_step)
+
+    def _on_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        cuda_sync()
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+
+    def start(self) -> None:
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+    def stop(self) -> dict[str, float]:
+        """End-to-end wall and CPU seconds since ``start()``, and when the first step ended."""
+        cuda_sync()
+        wall, cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+        self._handle.remove()
+        first = self.wall[0] - self.t0 if self.wall else None
+        return {"e2e_s": round(wall, 3), "e2e_cpu_s": round(cpu, 3),
+                "first_step_end_s": None if first is None else round(first, 3)}
+
+    def step_times(self) -> list[float]:
+        return [round(b - a, 4) for a, b in zip([self.t0, *self.wall[:-1]], self.wall, strict=True)]
+
+
 def steady_rate(step_ends: Sequence[float], units_per_step: float, warmup: int) -> float:
     """Units/s over the steps after ``warmup``.
 
@@ -95,34 +149,29 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
-def nominal_dpo_flops_per_token(params: int) -> float:
-    """FLOPs a straightforward DPO step spends per token: 6·P training (forward 2·P + backward 4·P)
-    plus 2·P for the reference model's forward → 8·P."""
-    return 8.0 * params
-
-
-def nominal_grpo_flops_per_token(params: int) -> float:
-    """Per generated-and-trained token: 2·P generation + 2·P reference forward + 6·P policy training."""
-    return 10.0 * params
-
-
 # ----------------------------------------------------------------------------------------- machine
 
 
-def matmul_gflops(n: int = 2048, threads: int = 2, repeats: int = 5, dtype: str = "float32") -> float:
-    """Best-of-``repeats`` GFLOP/s of an n×n @ n×n matmul (2·n³ FLOPs) on ``threads`` CPU threads."""
+def matmul_gflops(n: int = 2048, threads: int = 2, repeats: int = 5, dtype: str = "float32",
+                  device: str = "cpu", per_cpu_second: bool = False) -> float:
+    """Best-of-``repeats`` GFLOP/s of an n×n @ n×n matmul (2·n³ FLOPs) on ``threads`` CPU threads (or
+    on the GPU, synchronised around each product). ``per_cpu_second``: GFLOP per process CPU-second
+    instead (all threads summed), which other jobs on a shared machine move far less than wall time."""
     import torch
 
     torch.set_num_threads(threads)
     dt = getattr(torch, dtype)
-    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+    a, b = torch.randn(n, n, dtype=dt, device=device), torch.randn(n, n, dtype=dt, device=device)
     a @ b  # warm-up (allocations, kernel selection)
+    clock = time.process_time if per_cpu_second else time.perf_counter
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        cuda_sync()
+        t0 = clock()
         a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best / 1e9
+        cuda_sync()
+        best = min(best, clock() - t0)
+    return 2.0 * n**3 / max(best, 1e-9) / 1e9
 
 
 def cpu_name() -> str:
@@ -135,18 +184,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_info(threads: int) -> dict[str, Any]:
-    """What the numbers were measured on: CPU, cores, threads used, measured fp32 matmul peak."""
+def machine_info(threads: int, device: str = "cpu") -> dict[str, Any]:
+    """What the numbers were measured on: CPU, cores, threads used, the measured matmul peak (fp32 on
+    the CPU; bf16 8192² on a GPU, the dtype the GPU benchmark trains in)."""
     import torch
 
-    return {
-        "cpu": cpu_name(),
-        "logical_cpus": os.cpu_count(),
-        "threads": threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "matmul_gflops_fp32": round(matmul_gflops(threads=threads), 1),
-    }
+    info = {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "threads": threads, "device": device,
+            "torch": torch.__version__, "python": platform.python_version()}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["matmul_gflops_fp32"] = round(matmul_gflops(8192, threads, dtype="bfloat16", device="cuda"), 1)
+        info["matmul_dtype"] = "bfloat16"
+    else:
+        info["matmul_gflops_fp32"] = round(matmul_gflops(threads=threads), 1)
+        info["matmul_gflops_per_cpu_s"] = round(matmul_gflops(threads=threads, per_cpu_second=True), 1)
+    return info
 
 
 def package_versions(names: Sequence[str]) -> dict[str, str | None]:
@@ -197,49 +249,21 @@ def safetensors_param_count(model_dir: Path) -> dict[str, int]:
     return {"params": total, "params_non_embedding": total - emb}
 
 
-def prepare_inputs(workdir: Path, rows_needed: int, size: str = "small") -> dict[str, Any]:
-    """Build (once) the small LLaVA and the Shapes data both sides use; return their paths.
-
-    ``bench_pairs.jsonl``: the first Shapes preference rows with their segment annotations dropped
-    (DPO uses none, and a generator/validator disagreement on empty insertion spans must not stop a
-    benchmark). ``bench_prompts.jsonl``: the same scenes as "Describe the image." prompt records
-    with the scene in ``meta`` (what the Shapes rule verifier reads).
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    model_dir = workdir / f"{size}_llava"
-    if not (model_dir / "config.json").exists():
-        from vlalign.models.tiny import build_tiny
-
-        build_tiny("llava", model_dir, size=size)
-    shapes = workdir / "shapes"
-    pref = shapes / "preference.jsonl"
-    have = len(pref.read_text().splitlines()) if pref.exists() else 0
-    if have < rows_needed:
-        from vlalign.data.shapes.generate import ShapesConfig, generate_shapes
-
-        generate_shapes(shapes, ShapesConfig(seed=0, n_train=max(rows_needed, 100), n_eval=10))
-    rows = read_rows(pref, rows_needed)
-    pairs, prompts = shapes / "bench_pairs.jsonl", shapes / "bench_prompts.jsonl"
-    with pairs.open("w") as fp, prompts.open("w") as fq:
-        for r in rows:
-            fp.write(json.dumps({**r, "chosen_segments": [], "rejected_segments": []}) + "\n")
-            meta = {"task": "caption", "scene": r["meta"]["scene"]}
-            fq.write(json.dumps({"id": r["id"], "images": r["images"], "prompt": r["prompt"], "meta": meta}) + "\n")
-    info = {"family": "llava", "size": size, **safetensors_param_count(model_dir)}
-    return {"model_dir": model_dir, "pairs": pairs, "prompts": prompts, "model_info": info}
-
-
 # ---------------------------------------------------------------------------------------- running
 
 
-def run_worker(script: str, spec: dict[str, Any], workdir: Path, timeout_s: float = 1800) -> dict[str, Any]:
+def run_worker(script: str, spec: dict[str, Any], workdir: Path, timeout_s: float = 3600,
+               mem_cap_mb: float | None = None) -> dict[str, Any]:
     """Run ``bench/<script>`` in a fresh interpreter with ``spec``; return its result JSON.
 
     The child's own numbers are kept; the kernel's ``ru_maxrss`` for that child (``os.wait4``) is
-    added as ``peak_rss_mb_kernel`` so the in-process VmHWM reading can be checked. A failed worker
-    gives ``{"error": ...}`` with the tail of its stderr instead of raising, so one side failing
-    still reports the other.
+    added as ``peak_rss_mb_kernel`` (a cross-check of the in-process VmHWM; it is at least the parent's
+    own high-water mark at spawn time, which exec carries over). A failed worker
+    gives ``{"error": ...}`` with the tail of its log instead of raising, so one side failing still
+    reports the other. With ``mem_cap_mb`` the child is killed as soon as its resident memory exceeds
+    the cap (``{"error": ..., "over_cap": True}``): what the max-batch search calls "does not fit".
     """
+    workdir = Path(workdir).resolve()  # the child runs with this as its cwd: every path it gets is absolute
     workdir.mkdir(parents=True, exist_ok=True)
     name = Path(script).stem
     spec_path, out_path = workdir / f"{name}.spec.json", workdir / f"{name}.result.json"
@@ -249,27 +273,44 @@ def run_worker(script: str, spec: dict[str, Any], workdir: Path, timeout_s: floa
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": str(spec.get("threads", 2)), "HF_DATASETS_OFFLINE": "1",
            "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "WANDB_DISABLED": "true"}
+    if spec.get("device", "cpu") == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU run on a GPU machine stays on the CPU, for both frameworks
     cmd = [sys.executable, str(BENCH_DIR / script), "--spec", str(spec_path), "--out", str(out_path)]
     t0 = time.perf_counter()
+    over_cap = timed_out = False
+    seen_mb = 0.0
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(workdir))
-        deadline = t0 + timeout_s
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            if time.perf_counter() > deadline:
+            if mem_cap_mb is not None:
+                try:
+                    seen_mb = max(seen_mb, rss_snapshot(proc.pid)["rss_mb"])
+                except (OSError, KeyError):
+                    pass
+                over_cap = seen_mb > mem_cap_mb
+            timed_out = time.perf_counter() - t0 > timeout_s
+            if over_cap or timed_out:
                 proc.kill()
                 pid, status, usage = os.wait4(proc.pid, 0)
                 break
-            time.sleep(0.2)
+            time.sleep(0.05 if mem_cap_mb is not None else 0.2)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
-    if proc.returncode != 0 or not out_path.exists():
+    # ru_maxrss can hold the parent's high-water mark (exec records the address space it replaces), so the
+    # cap is judged on the polled RSS and on the child's own VmHWM (its result's peak_rss_mb), not on it.
+    peak_kernel = round(maxrss_to_mb(usage.ru_maxrss), 1)
+    result = json.loads(out_path.read_text()) if proc.returncode == 0 and out_path.exists() else None
+    if over_cap or (mem_cap_mb is not None and result is not None and result.get("peak_rss_mb", 0) > mem_cap_mb):
+        return {"error": f"{script}: resident memory above the {mem_cap_mb:.0f} MiB cap (after {wall:.0f}s)",
+                "over_cap": True, "peak_rss_mb_seen": round(seen_mb, 1)}
+    if result is None:
         tail = log_path.read_text()[-3000:]
-        return {"error": f"{script} exited with {proc.returncode} after {wall:.0f}s; log {log_path}", "log_tail": tail}
-    result = json.loads(out_path.read_text())
-    result["peak_rss_mb_kernel"] = round(maxrss_to_mb(usage.ru_maxrss), 1)
+        why = "timed out" if timed_out else f"exited with {proc.returncode}"
+        return {"error": f"{script} {why} after {wall:.0f}s; log {log_path}", "log_tail": tail}
+    result["peak_rss_mb_kernel"] = peak_kernel
     result["process_wall_s"] = round(wall, 1)
     return result
 
@@ -283,7 +324,7 @@ def run_sides(kind: str, scripts: dict[str, str], sides: Sequence[str], spec: di
     memory-lean setting). The 1-minute load average is recorded before and after each side: on a
     shared machine it says whether the sides ran under comparable conditions.
     """
-    machine = machine_info(spec["threads"])
+    machine = machine_info(spec["threads"], spec.get("device", "cpu"))
     machine["load_avg_start"] = [round(x, 2) for x in os.getloadavg()]
     machine["versions"] = package_versions(["vlalign", "trl", "transformers", "accelerate", "torch"])
     results: dict[str, dict[str, Any]] = {}

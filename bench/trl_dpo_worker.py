@@ -4,19 +4,24 @@ TRL's vision DPO takes conversational rows ``{images: [PIL], prompt: [user msg],
 msg], rejected: [assistant msg]}`` and tokenizes + preprocesses images on the fly in its collator
 (``DataCollatorForVisionPreference``). With full fine-tuning and no PEFT it builds a second model copy
 as the reference; ``precompute_ref_log_probs`` is refused for vision datasets in 1.16, so the reference
-forward runs every step.
+forward runs every step (once per pair and epoch, as vlalign's cache pass). Its output layer is TRL's
+own fused, tiled LM head on the completion tokens only (``add_fused_lm_head``).
+
+End to end = from building the ``DPOTrainer`` (model and reference loading, dataset preparation) to the
+end of ``train()`` and ``save_model()``, one epoch; the import baseline is measured before.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
+    StepClock,
     count_params,
+    gpu_memory,
     memory_report,
     read_rows,
     read_spec,
@@ -24,6 +29,7 @@ from common import (
     steady_rate,
     write_result,
 )
+from phases import PhaseClock, model_classes
 
 
 def main() -> None:
@@ -33,15 +39,18 @@ def main() -> None:
     torch.set_num_threads(spec["threads"])
     from datasets import Dataset
     from PIL import Image
-    from transformers import AutoProcessor, TrainerCallback
+    from transformers import AutoProcessor
     from trl import DPOConfig, DPOTrainer
 
-    baseline = rss_snapshot()["hwm_mb"]  # import baseline: interpreter + torch + transformers + trl
+    phases = PhaseClock()
+    phases.install(model_classes(spec["model"]))
+    baseline = rss_snapshot()["hwm_mb"]  # import baseline: interpreter + torch + transformers + trl + model code
 
+    clock = StepClock()
+    clock.start()
     data_path = Path(spec["data"])
-    n_rows = spec["batch_size"] * (spec["warmup_steps"] + spec["steps"])
     rows = []
-    for row in read_rows(data_path, n_rows):
+    for row in read_rows(data_path, spec["rows"]):
         images = [Image.open(data_path.parent / p).convert("RGB") for p in row["images"]]
         rows.append({
             "images": images,
@@ -51,12 +60,14 @@ def main() -> None:
         })
     dataset = Dataset.from_list(rows)
     processor = AutoProcessor.from_pretrained(spec["model"])
+    out_dir = Path(out).parent / "trl_dpo_out"
 
     args = DPOConfig(
-        output_dir=str(Path(out).parent / "trl_dpo_out"),
+        output_dir=str(out_dir),
         per_device_train_batch_size=spec["batch_size"],
         gradient_accumulation_steps=1,
-        max_steps=spec["warmup_steps"] + spec["steps"],
+        num_train_epochs=1,
+        max_steps=spec.get("max_steps") or -1,  # -1: one epoch (the max-batch probes stop after 2 steps)
         learning_rate=spec["learning_rate"],
         lr_scheduler_type="constant",
         warmup_steps=0,
@@ -70,28 +81,18 @@ def main() -> None:
         gradient_checkpointing=False,
         bf16=False,
         fp16=False,
-        use_cpu=True,
+        use_cpu=spec.get("device", "cpu") == "cpu",
         logging_steps=1,
         save_strategy="no",
         report_to="none",
         dataloader_num_workers=0,
         seed=spec["seed"],
         disable_tqdm=True,
-        model_init_kwargs={"dtype": torch.float32},
+        model_init_kwargs={"dtype": getattr(torch, spec.get("dtype", "float32"))},  # weights in it, no autocast
     )
-
-    step_ends: list[float] = []
-    cpu_ends: list[float] = []  # process CPU seconds (all threads), as on the vlalign side
     tokens: list[int] = []
-
-    class StepClock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            step_ends.append(time.perf_counter())
-            cpu_ends.append(time.process_time())
-
-    trainer = DPOTrainer(model=spec["model"], args=args, train_dataset=dataset, processing_class=processor,
-                         callbacks=[StepClock()])
-    inner = trainer.data_collator
+    trainer = DPOTrainer(model=spec["model"], args=args, train_dataset=dataset, processing_class=processor)
+    inner = phases.timed("data", trainer.data_collator)
 
     def counting_collator(examples):
         batch = inner(examples)
@@ -100,26 +101,29 @@ def main() -> None:
 
     trainer.data_collator = counting_collator
     params = count_params(trainer.model)
-
-    t0 = time.perf_counter()
     trainer.train()
-    train_wall = time.perf_counter() - t0
+    if spec.get("max_steps") is None:
+        trainer.save_model(str(out_dir / "final"))
+    e2e = clock.stop()
 
     warm = spec["warmup_steps"]
     logs = [h for h in trainer.state.log_history if "loss" in h]
     result = {
         "framework": "trl",
-        "pairs_per_s": round(steady_rate(step_ends, spec["batch_size"], warm), 3),
-        "pairs_per_cpu_s": round(steady_rate(cpu_ends, spec["batch_size"], warm), 4),
-        "steps_measured": len(step_ends) - warm,
-        "step_times_s": [round(b - a, 4) for a, b in zip([t0, *step_ends[:-1]], step_ends, strict=True)],
+        **e2e,
+        "steps": len(clock.wall),
+        "pairs": spec["rows"] if spec.get("max_steps") is None else spec["batch_size"] * spec["max_steps"],
+        "pairs_per_s": round(steady_rate(clock.wall, spec["batch_size"], warm), 4) if len(clock.wall) > warm else None,
+        "pairs_per_cpu_s": round(steady_rate(clock.cpu, spec["batch_size"], warm), 4) if len(clock.cpu) > warm else None,
+        "step_times_s": clock.step_times(),
         "tokens_per_pair": sum(tokens[warm:]) / (spec["batch_size"] * len(tokens[warm:])) if len(tokens) > warm else None,
-        "train_wall_s": round(train_wall, 2),
         "loss_first": logs[0]["loss"] if logs else None,
         "loss_last": logs[-1]["loss"] if logs else None,
         "reference": "second model copy, forward every step",
+        "phases": phases.report(e2e["e2e_s"], e2e["e2e_cpu_s"]),
         **params,
         **memory_report(baseline, rss_snapshot()["hwm_mb"]),
+        **gpu_memory(),
     }
     write_result(out, result)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import memory_report, read_rows, read_spec, rss_snapshot, write_result
+from common import StepClock, gpu_memory, memory_report, read_rows, read_spec, rss_snapshot, write_result
+from phases import PhaseClock, model_classes
 
 
 def main() -> None:
@@ -26,13 +26,17 @@ def main() -> None:
     torch.set_num_threads(spec["threads"])
     from datasets import Dataset
     from PIL import Image
-    from transformers import AutoProcessor, TrainerCallback
+    from transformers import AutoProcessor
     from trl import GRPOConfig, GRPOTrainer
 
     from vlalign.rewards import build_source
     from vlalign.rewards.base import Sample
 
+    phases = PhaseClock()
+    phases.install(model_classes(spec["model"]))
     baseline = rss_snapshot()["hwm_mb"]
+    clock = StepClock()
+    clock.start()
 
     total = spec["warmup_steps"] + spec["steps"]
     path = Path(spec["prompts"])
@@ -63,7 +67,10 @@ def main() -> None:
         max_completion_length=spec["max_new_tokens"],
         temperature=1.0,
         beta=spec["beta"],
-        use_vllm=False,
+        use_vllm=bool(spec.get("vllm")),
+        vllm_mode="colocate",  # one GPU: vLLM shares it with training
+        vllm_gpu_memory_utilization=0.3,
+        vllm_max_model_length=2048,
         max_steps=total,
         learning_rate=spec["learning_rate"],
         lr_scheduler_type="constant",
@@ -71,34 +78,26 @@ def main() -> None:
         max_grad_norm=1.0,
         gradient_checkpointing=False,
         bf16=False,
-        use_cpu=True,
+        use_cpu=spec.get("device", "cpu") == "cpu",
         logging_steps=1,
         save_strategy="no",
         report_to="none",
         dataloader_num_workers=0,
         seed=spec["seed"],
         disable_tqdm=True,
-        model_init_kwargs={"dtype": torch.float32},
+        model_init_kwargs={"dtype": getattr(torch, spec.get("dtype", "float32"))},  # weights in it, no autocast
     )
-    step_ends: list[float] = []
-    step_cpu: list[float] = []  # process CPU seconds (all threads) at each step end
-
-    class StepClock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            step_ends.append(time.perf_counter())
-            step_cpu.append(time.process_time())
-
     processor = AutoProcessor.from_pretrained(spec["model"])
     trainer = GRPOTrainer(model=spec["model"], reward_funcs=shapes_reward, args=args, train_dataset=dataset,
-                          processing_class=processor, callbacks=[StepClock()])
-    t0 = time.perf_counter()
+                          processing_class=processor)
     trainer.train()
-    train_wall = time.perf_counter() - t0
+    trainer.save_model(str(Path(out).parent / "trl_grpo_out" / "final"))
+    e2e = clock.stop()
 
-    durations = [b - a for a, b in zip([t0, *step_ends[:-1]], step_ends, strict=True)]
+    durations = clock.step_times()
     warm = spec["warmup_steps"]
     measured = durations[warm:]
-    cpu_measured = [b - a for a, b in zip(step_cpu[warm - 1 : -1], step_cpu[warm:], strict=True)] if warm else []
+    cpu_measured = [b - a for a, b in zip(clock.cpu[warm - 1 : -1], clock.cpu[warm:], strict=True)] if warm else []
     logs = [h for h in trainer.state.log_history if "reward" in h]
     result = {
         "framework": "trl",
@@ -109,9 +108,11 @@ def main() -> None:
         "step_cpu_s": [round(c, 3) for c in cpu_measured],
         "generated_tokens_per_step": generated,
         "reward_mean": [h.get("reward") for h in logs],
-        "train_wall_s": round(train_wall, 2),
+        **e2e,
+        "phases": phases.report(e2e["e2e_s"], e2e["e2e_cpu_s"]),
         "reference": "second model copy (beta > 0)",
         **memory_report(baseline, rss_snapshot()["hwm_mb"]),
+        **gpu_memory(),
     }
     write_result(out, result)
 

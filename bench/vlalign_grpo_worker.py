@@ -3,20 +3,21 @@
 Public Python API: ``vlalign.trainers.grpo.train_grpo(GRPOConfig)``; one rollout = one step
 (4 prompts × 4 samples, 16 new tokens, β 0.04, frozen full-copy reference, reward ``shapes_rules``),
 with the library defaults ``forward: auto`` and ``rollout.prefill: auto`` (what a user gets).
-Per-step wall time comes from the run's ``metrics.jsonl`` (``time_s`` at the end of every step);
-generated tokens per step = samples × ``response/length_mean``.
+Per-step wall and CPU time: at the end of every optimizer step (bench/common.py StepClock, the same
+instrument as on the TRL side); generated tokens per step = samples × ``response/length_mean``.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import memory_report, read_spec, rss_snapshot, write_result
+from common import StepClock, gpu_memory, memory_report, read_spec, rss_snapshot, write_result
+from phases import PhaseClock, model_classes
+from vlalign_dpo_worker import grad_phase
 
 
 def main() -> None:
@@ -26,9 +27,14 @@ def main() -> None:
     torch.set_num_threads(spec["threads"])
     import transformers  # noqa: F401  (part of the import baseline, as on the TRL side)
 
+    from vlalign.models import group_prefix, logprobs, shared_prefix
+    from vlalign.rollout import generate
     from vlalign.trainers.grpo import GRPOConfig, train_grpo
     from vlalign.trainers.logging import read_metrics
 
+    phases = PhaseClock()
+    heads = [(m, "head_logprobs", grad_phase) for m in (logprobs, shared_prefix, group_prefix)]
+    phases.install(model_classes(spec["model"]), [(generate, "prefill_groups", "generation"), *heads])
     baseline = rss_snapshot()["hwm_mb"]
 
     run_dir = Path(out).parent / "vlalign_grpo_out"
@@ -38,7 +44,7 @@ def main() -> None:
     cfg = GRPOConfig(
         output_dir=str(run_dir),
         seed=spec["seed"],
-        model={"name_or_path": spec["model"], "dtype": "float32", "gradient_checkpointing": False},
+        model={"name_or_path": spec["model"], "dtype": spec.get("dtype", "float32"), "gradient_checkpointing": False},
         data={"train": spec["prompts"], "max_length": spec["max_length"]},
         per_device_batch_size=spec["num_prompts"],
         max_steps=total,
@@ -46,7 +52,8 @@ def main() -> None:
         lr_scheduler="constant",
         mixed_precision="no",
         rollout={"num_samples": spec["group_size"], "max_new_tokens": spec["max_new_tokens"], "temperature": 1.0,
-                 "prefill": spec.get("rollout_prefill", "auto")},
+                 "prefill": spec.get("rollout_prefill", "auto"), "backend": "vllm" if spec.get("vllm") else "hf",
+                 "vllm_kwargs": {"gpu_memory_utilization": 0.3, "max_model_len": 2048}},  # as on the TRL side
         forward=spec.get("forward", "auto"),  # the ablation (grpo_vs_trl.py --ablation) sets these two
         reward={"name": "shapes_rules"},
         kl_coef=spec["beta"],
@@ -55,20 +62,21 @@ def main() -> None:
         progress=False,
         save_merged=False,
     )
-    t0 = time.time()
+    clock = StepClock()
+    clock.start()
     train_grpo(cfg)
-    train_wall = time.time() - t0
+    e2e = clock.stop()
 
-    rows = [r for r in read_metrics(run_dir) if "time_s" in r and "response/length_mean" in r]
-    if len(rows) != total:
-        raise RuntimeError(f"expected {total} logged rollouts in {run_dir}/metrics.jsonl, found {len(rows)}")
-    ends = [r["time_s"] for r in rows]
-    durations = [b - a for a, b in zip([0.0, *ends[:-1]], ends, strict=True)]
+    rows = [r for r in read_metrics(run_dir) if "response/length_mean" in r]
+    if len(rows) != total or len(clock.wall) != total:
+        raise RuntimeError(f"expected {total} rollouts and optimizer steps in {run_dir}, found {len(rows)} and "
+                           f"{len(clock.wall)}")
+    durations = clock.step_times()
     warm = spec["warmup_steps"]
     samples = spec["num_prompts"] * spec["group_size"]
     gen_tokens = [samples * r["response/length_mean"] for r in rows]
     measured = durations[warm:]
-    cpu = [r["time/process_cpu_s"] for r in rows]  # process CPU seconds at the end of each step
+    cpu = clock.cpu  # process CPU seconds at the end of each optimizer step
     cpu_measured = [b - a for a, b in zip(cpu[warm - 1 : -1], cpu[warm:], strict=True)] if warm else []
     result = {
         "framework": "vlalign",
@@ -79,11 +87,13 @@ def main() -> None:
         "step_cpu_s": [round(c, 3) for c in cpu_measured],
         "generated_tokens_per_step": gen_tokens,
         "reward_mean": [r.get("reward/mean") for r in rows],
-        "train_wall_s": round(train_wall, 2),
+        **e2e,
+        "phases": phases.report(e2e["e2e_s"], e2e["e2e_cpu_s"]),
         "reference": "frozen full copy (reference=copy)",
         "forward": f"{cfg.forward} (shared_prefix = each group's prompt + image scored once)",
         "rollout_prefill": f"{cfg.rollout.prefill} (auto = prompt + image prefilled once per group, KV cache x K)",
         **memory_report(baseline, rss_snapshot()["hwm_mb"]),
+        **gpu_memory(),
     }
     write_result(out, result)
 

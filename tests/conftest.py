@@ -4,10 +4,168 @@ from __future__ import annotations
 
 import os
 
-import pytest
+# Before torch is imported, so that torch (and every subprocess a test starts) sees the same count.
+from suite_state import TEST_SEED, TEST_THREADS, LearningProbe
 
+os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)
+# torch reads MKL_NUM_THREADS after OMP_NUM_THREADS: a stray one would override the count a test gives the
+# subprocesses it starts (test_trainers_resume runs them with OMP_NUM_THREADS=1 to match its own run).
+os.environ.pop("MKL_NUM_THREADS", None)
+# Idle OpenMP threads sleep instead of spinning. Numerics are unchanged (the work is split the same way);
+# on a CPU shared with other processes spinning threads steal each other's cores: a loop of small matmuls
+# on 2 threads took 39-78 s spinning vs 2-4 s passive on this project's loaded 2-core machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json
+import logging
+import random
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+
+# ==== global state: every test starts from the same process-wide state (docs/reproducibility.md) =====
+torch.set_num_threads(TEST_THREADS)
+try:  # settable only before the first inter-op parallel work, i.e. once per process
+    torch.set_num_interop_threads(TEST_THREADS)
+except RuntimeError:
+    pass
+
+# (getter, setter) of torch's process-wide numerics switches: a test that turns one on (e.g. a trainer's
+# ``deterministic: true`` calling ``torch.use_deterministic_algorithms``) must not change the tests after it.
+_TORCH_SWITCHES = {
+    "deterministic_algorithms": (
+        lambda: (torch.are_deterministic_algorithms_enabled(),
+                 torch.is_deterministic_algorithms_warn_only_enabled()),
+        lambda v: torch.use_deterministic_algorithms(v[0], warn_only=v[1])),
+    "default_dtype": (torch.get_default_dtype, torch.set_default_dtype),
+    "grad_enabled": (torch.is_grad_enabled, torch.set_grad_enabled),
+    "anomaly_detection": (torch.is_anomaly_enabled, torch.set_anomaly_enabled),
+    "float32_matmul_precision": (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
+    "cudnn_deterministic": (lambda: torch.backends.cudnn.deterministic,
+                            lambda v: setattr(torch.backends.cudnn, "deterministic", v)),
+    "cudnn_benchmark": (lambda: torch.backends.cudnn.benchmark,
+                        lambda v: setattr(torch.backends.cudnn, "benchmark", v)),
+}
+# pytest itself sets and pops this one around every test phase.
+_PYTEST_OWNED_ENV = {"PYTEST_CURRENT_TEST"}
+
+
+def _snapshot() -> dict:
+    root = logging.getLogger()
+    return {
+        "torch": {name: get() for name, (get, _) in _TORCH_SWITCHES.items()},
+        "environ": {k: v for k, v in os.environ.items() if k not in _PYTEST_OWNED_ENV},
+        "cwd": os.getcwd(),
+        "root_logger": (root.level, _own_handlers(root)),
+    }
+
+
+def _own_handlers(logger: logging.Logger) -> list[logging.Handler]:
+    """The logger's handlers less pytest's own capture handlers (pytest adds and removes those per phase)."""
+    return [h for h in logger.handlers if not type(h).__module__.startswith("_pytest")]
+
+
+_BASELINE = _snapshot()  # the state at start-up, before any test ran
+
+
+def _restore(state: dict) -> list[str]:
+    """Put the process back into ``state``; returns what a test had changed (for --report of leaks)."""
+    changed = []
+    for name, (get, set_) in _TORCH_SWITCHES.items():
+        if get() != state["torch"][name]:
+            changed.append(f"torch {name}")
+            set_(state["torch"][name])
+    env = {k: v for k, v in os.environ.items() if k not in _PYTEST_OWNED_ENV}
+    if env != state["environ"]:
+        keys = {k for k in set(env) | set(state["environ"]) if env.get(k) != state["environ"].get(k)}
+        changed.append("os.environ " + ", ".join(sorted(keys)))
+        for key in set(env) - set(state["environ"]):
+            del os.environ[key]
+        os.environ.update(state["environ"])
+    if os.getcwd() != state["cwd"]:
+        changed.append(f"cwd {os.getcwd()}")
+        os.chdir(state["cwd"])
+    root = logging.getLogger()
+    if (root.level, _own_handlers(root)) != state["root_logger"]:
+        changed.append("root logger")
+        root.setLevel(state["root_logger"][0])
+        pytest_handlers = [h for h in root.handlers if h not in _own_handlers(root)]
+        root.handlers[:] = pytest_handlers + state["root_logger"][1]
+    if torch.get_num_threads() != TEST_THREADS:
+        changed.append(f"torch threads {torch.get_num_threads()}")
+    return changed
+
+
+def _reset_accelerate() -> None:
+    """accelerate keeps one process-wide AcceleratorState (device, mixed precision) and raises when a later
+    Accelerator asks for another one (e.g. ``cpu=True`` after a trainer took the GPU): start each test
+    without it, as a fresh process would (accelerate's own test cases reset it the same way)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # every device's generator
+
+
+@contextmanager
+def fresh_global_state(seed: int = TEST_SEED, threads: int = TEST_THREADS):
+    """Run the body from the start-up state (threads, seeds, torch switches, environment, working
+    directory, root logger, accelerate's state) and put that state back afterwards."""
+    _restore(_BASELINE)
+    _reset_accelerate()
+    torch.set_num_threads(threads)
+    seed_everything(seed)
+    try:
+        yield
+    finally:
+        leaked = _restore(_BASELINE)
+        _reset_accelerate()
+        torch.set_num_threads(threads)
+        seed_everything(seed)  # module- and session-scoped fixtures set up before the next test start here too
+        if leaked and os.environ.get("VLALIGN_REPORT_LEAKS"):
+            test = os.environ.get("PYTEST_CURRENT_TEST", "?")
+            print(f"\n[global state] {test} changed: {'; '.join(leaked)}")
+
+
+@pytest.fixture(autouse=True)
+def _same_global_state_for_every_test():
+    """Every test starts from the same process-wide state, whatever ran before it."""
+    with fresh_global_state():
+        yield
+
+
+@pytest.fixture(scope="session")
+def learning_seed() -> int:
+    """The seed of the learning tests (0 unless VLALIGN_TEST_SEED says otherwise), for module fixtures."""
+    return TEST_SEED
+
+
+@pytest.fixture
+def learning(request) -> LearningProbe:
+    """For a test that asserts learning (reward rises, loss falls): pass ``learning.seed`` to the run's
+    config and assert ``learning.above(name, value, bound)`` / ``learning.below(...)``; size the bound
+    with scripts/learning_spread.py (docs/reproducibility.md)."""
+    return LearningProbe(request.node.nodeid, TEST_SEED)
+
+
+def pytest_collection_modifyitems(config, items):
+    """``VLALIGN_LEARNING_ONLY=1`` (set by scripts/learning_spread.py): keep only the learning tests."""
+    if os.environ.get("VLALIGN_LEARNING_ONLY"):
+        keep = [i for i in items if "learning" in getattr(i, "fixturenames", ())]
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
+
+
+# ==== end of global state =========================================================================
 
 
 # ==== models area: tiny models, built once per session per family ================================
@@ -25,7 +183,9 @@ def tiny_model_dir(tmp_path_factory):
         if family not in built:
             from vlalign.models.tiny import build_tiny
 
-            built[family] = build_tiny(family, tmp_path_factory.mktemp(f"tiny_{family}"), size="tiny", seed=0)
+            out = tmp_path_factory.mktemp(f"tiny_{family}")
+            with torch.random.fork_rng(devices=[]):  # build_tiny seeds torch's global RNG: keep the test's
+                built[family] = build_tiny(family, out, size="tiny", seed=0)
         return built[family]
 
     return get
@@ -44,7 +204,6 @@ def write_trainer_data(out_dir, n: int = 8):
     The chosen answer names the image's colour, the rejected one another colour, with an RLHF-V
     segment over the wrong word so dense DPO has something to weigh.
     """
-    import json
     from pathlib import Path
 
     from PIL import Image
@@ -89,7 +248,6 @@ def write_annotate_data(out_dir, n: int = 6):
     Returns (preference.jsonl, ranked.jsonl). The last preference row has an emoji so that character
     offsets are tested in code points, not UTF-16 units or bytes.
     """
-    import json
     from pathlib import Path
 
     from PIL import Image
@@ -134,3 +292,25 @@ def rewards_shapes_dir(tmp_path_factory):
 
 
 # ==== end of rewards area =========================================================================
+
+
+# ==== data area: a private datasets cache, PNG bytes, Hub-layout folders =========================
+@pytest.fixture(scope="session", autouse=True)
+def datasets_cache(tmp_path_factory):
+    """One ``datasets`` cache per test session instead of ~/.cache: cached maps never outlive a run,
+    and subprocesses (CLI, accelerate) inherit it through HF_DATASETS_CACHE."""
+    import datasets
+
+    path = tmp_path_factory.mktemp("hf_datasets_cache")
+    old, old_env = datasets.config.HF_DATASETS_CACHE, os.environ.get("HF_DATASETS_CACHE")
+    datasets.config.HF_DATASETS_CACHE = path
+    os.environ["HF_DATASETS_CACHE"] = str(path)
+    yield path
+    datasets.config.HF_DATASETS_CACHE = old
+    if old_env is None:
+        os.environ.pop("HF_DATASETS_CACHE", None)
+    else:
+        os.environ["HF_DATASETS_CACHE"] = old_env
+
+
+# ==== end of data area ============================================================================

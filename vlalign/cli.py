@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "vlalign.rewards.cli",
     "vlalign.config_cli",
     "vlalign.hub_cli",
+    "vlalign.redteam.cli",
 ]
 
 

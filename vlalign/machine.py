@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import platform
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +42,9 @@ def best_instruction_set(flags: set[str]) -> str:
     return "default"
 
 
-@lru_cache(maxsize=1)
 def machine_info() -> dict[str, Any]:
-    """A JSON-ready description of this machine and torch's numerics on it."""
+    """A JSON-ready description of this machine and torch's numerics on it (read afresh each call: the
+    thread count is whatever the run has set by then)."""
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
 
-from conftest import PASSWORD
+from annotate_support import PASSWORD
 
 
 @dataclass

@@ -4,7 +4,7 @@ roles, the review endpoints, and every kind of refused request with its status."
 from __future__ import annotations
 
 import pytest
-from conftest import PASSWORD, Client, make_project
+from annotate_support import PASSWORD, Client, make_project
 
 from vlalign.annotate.app import AppConfig, create_app
 from vlalign.annotate.export import export_preferences

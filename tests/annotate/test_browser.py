@@ -12,7 +12,7 @@ import os
 import shutil
 
 import pytest
-from conftest import PASSWORD, make_project, missing_dependency
+from annotate_support import PASSWORD, make_project, missing_dependency
 from live import Server
 from test_load_fault import _candidates
 

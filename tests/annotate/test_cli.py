@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from conftest import PASSWORD, wait_for_line
+from annotate_support import PASSWORD, wait_for_line
 from typer.testing import CliRunner
 
 from vlalign.annotate.cli import annotate_app

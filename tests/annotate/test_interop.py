@@ -8,7 +8,7 @@ import json
 from xml.etree import ElementTree
 
 import pytest
-from conftest import make_project
+from annotate_support import make_project
 
 from vlalign.annotate.export import export_preferences, store_images, write_export
 from vlalign.annotate.interop import EXPORTERS, IMPORTERS, InteropError, utf16_to_codepoints

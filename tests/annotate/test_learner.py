@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 
-from conftest import make_project
+from annotate_support import make_project
 
 from vlalign.annotate.judgements import Judgement
 from vlalign.annotate.learner import Learner

@@ -16,7 +16,7 @@ import uuid
 from collections import Counter
 
 import pytest
-from conftest import make_project
+from annotate_support import make_project
 from live import HttpUser, Server, percentile, retry
 
 from vlalign.annotate.judgements import OUTCOMES

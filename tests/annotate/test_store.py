@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from conftest import PASSWORD
+from annotate_support import PASSWORD
 
 from vlalign.annotate.database import current_revision, head_revision
 from vlalign.annotate.items import PairItem, save_items

@@ -21,18 +21,21 @@ def test_contrastive_loss_by_hand():
     assert correct.tolist() == [1.0, 1.0]
 
 
-def test_clip_train_few_steps_loss_falls_and_reward_loads(rewards_shapes_dir, tmp_path):
+def test_clip_train_few_steps_loss_falls_and_reward_loads(rewards_shapes_dir, tmp_path, learning):
     from vlalign.rewards import Sample, build_source
 
     torch.set_num_threads(1)
     cfg = ClipTrainConfig(data=str(rewards_shapes_dir), output_dir=str(tmp_path / "clip"), hidden_size=64,
                           num_layers=2, projection_dim=64, per_device_batch_size=32, max_steps=12, limit=384,
-                          logging_steps=1, progress=False, eval_limit=32)
+                          logging_steps=1, progress=False, eval_limit=32,
+                          seed=learning.seed)
     result = train_clip(cfg)
     rows = [json.loads(line) for line in (tmp_path / "clip" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows]
     assert len(losses) == 12
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2, losses  # contrastive loss, 3-step means
+    # contrastive loss, 3-step means; seeds 0-4 x kernels AVX2 / default (scripts/learning_spread.py): the
+    # fall was 0.19-0.87 (mean 0.39 ± 0.25); > 0.09 leaves 2x margin below the worst run (> 0.2 failed on seed 1).
+    assert learning.above("loss fall", sum(losses[:3]) / 3 - sum(losses[-3:]) / 3, 0.09), losses
     assert result["n_pairs"] == 32 and 0.0 <= result["pair_accuracy"] <= 1.0
     # the saved model is a real CLIP checkpoint: the reward source loads it by path and scores samples
     src = build_source({"name": "clip", "kwargs": {"model": result["model_dir"]}, "normalize": "zscore"})

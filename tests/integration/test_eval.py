@@ -92,6 +92,10 @@ def test_eval_cli_writes_files_and_names_policy_only_metric(tiny, shapes_dir, tm
     cis = json.loads((out / "metrics.json").read_text())["intervals"]
     for key in ("chair_i", "pope_f1", "preference_accuracy_policy_logp"):
         assert cis[key]["low"] <= m[key] <= cis[key]["high"] and cis[key]["n"] > 0, key
+    reasons = json.loads((out / "metrics.json").read_text())["no_interval"]
+    for key in m:  # every number has an interval over items or its own reason for having none
+        assert key in cis or (key in reasons and "no per-item values recorded" not in reasons[key]), key
+    assert set(reasons) == {"n_captions", "distinct_1", "distinct_2", "time_chair_s", "time_pope_s", "time_preference_s"}
     from vlalign.evaluation.items import load_items, paired_difference
 
     items = load_items(out)

@@ -128,17 +128,21 @@ def _run(cfg_dict: dict, **kw):
     return cfg, train_ppo(cfg, **kw)
 
 
-def test_ppo_reward_rises(tmp_path):
+def test_ppo_reward_rises(tmp_path, learning):
     # Toy task: reward = share of spaces in the response; the random policy scores ~0.14. The critic
     # is a value head on the policy (zero-initialised, its own small learning rate).
     model = tiny_llava(tmp_path.parent / "models")
-    cfg, res = _run(rl_overrides(tmp_path, model, prompt_file(tmp_path / "data"), max_steps=10,
+    data = prompt_file(tmp_path / "data")
+    cfg, res = _run(rl_overrides(tmp_path, model, data, max_steps=16, per_device_batch_size=4, seed=learning.seed,
                                  learning_rate=3e-2, critic="shared", critic_learning_rate=1e-3, lam=0.95))
     rows = [r for r in read_metrics(cfg.output_dir) if "reward/mean" in r]
-    assert len(rows) == 10 and res["stop_reason"] is None
+    assert len(rows) == 16 and res["stop_reason"] is None
     first = sum(r["reward/mean"] for r in rows[:2]) / 2
     last = sum(r["reward/mean"] for r in rows[-2:]) / 2
-    assert last > first + 0.05, (first, last)
+    # 16 rollouts of 4 prompts x 4 samples, seeds 0-4 x kernels native (AVX2), avx2, default: the rise was
+    # 0.18-0.34, mean 0.27 ± 0.05 (scripts/learning_spread.py, docs/reproducibility.md); > 0.09 leaves 2x
+    # margin below the worst run. 10 rollouts of 2 prompts rose 0.03-0.14 over seeds 0-4: too few.
+    assert learning.above("reward rise", last - first, 0.09), (first, last)
     assert all("value/loss" in r and "value/explained_var" in r for r in rows)
 
 

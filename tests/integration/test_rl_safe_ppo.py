@@ -111,6 +111,53 @@ def test_combined_advantage_by_hand():
     assert float(lagrange_multiplier(fresh).log_lambda.detach()) == pytest.approx(1.0)
 
 
+def test_fixed_cost_penalty_by_hand():
+    # cost_penalty: fixed, c = 0.25: no λ step (λ stays at its initial value), A = A_r − c·A_c on the response
+    # token with V = 0, γ = λ_GAE = 1: reward 1, cost 2 → A = 1 − 0.25·2 = 0.5 (the Lagrangian at λ = 0.25
+    # would give (1 − 0.5)/1.25 = 0.4: the fixed penalty does not renormalise)
+    from test_rl_helpers import ConstantCost, hand_run
+    from test_rl_ppo import Bigram, _experience
+
+    from vlalign.trainers.ppo import critics, final_advantages, gae_advantages, rollout_values
+    from vlalign.trainers.safe_ppo import SafePPOConfig, combined_advantages, lagrange_multiplier, score_costs
+
+    cfg = SafePPOConfig.model_validate({
+        "output_dir": "unused", "model": {"name_or_path": "unused"}, "data": {"train": "unused"},
+        "reward": {"name": "test_letter"}, "cost": {"name": "test_cost", "kwargs": {"value": 2.0}},
+        "critic": "shared", "gamma": 1.0, "lam": 1.0, "whiten_advantages": False, "kl_coef": 0.0,
+        "reference": "none", "cost_limit": 0.0, "cost_penalty": "fixed", "cost_coef": 0.25,
+    })
+    names = ["value", "cost_value"]
+    policy = Bigram()
+    run = hand_run(cfg, policy, critics(cfg, names)(policy))
+    lagrange = lagrange_multiplier(run)
+    exp = _experience([[0, 1]], [[0, 1]], [1.0])
+    metrics = score_costs(run, exp, ConstantCost(2.0), lagrange)
+    assert metrics["cost/coef"] == 0.25 and "lagrange/lambda" not in metrics
+    assert float(lagrange.value) == pytest.approx(1.0)  # never stepped
+    assert metrics["cost/violation"] == 2.0
+    values = rollout_values(run, exp, names)
+    adv_r, _ = gae_advantages(cfg, exp, exp.rewards, values["value"], None)
+    adv_c, _ = gae_advantages(cfg, exp, exp.costs, values["cost_value"], None)
+    adv = final_advantages(run, combined_advantages(cfg, adv_r, adv_c, metrics["cost/coef"]), exp.response_mask)
+    assert adv[0].tolist() == pytest.approx([0.0, 0.5])
+    lagrangian = cfg.model_copy(update={"cost_penalty": "lagrangian"})
+    assert combined_advantages(lagrangian, adv_r, adv_c, 0.25)[0, 1].item() == pytest.approx(0.4)
+
+
+def test_fixed_penalty_run_keeps_its_coefficient(tmp_path):
+    model = tiny_llava(tmp_path.parent / "models")
+    cfg_dict = rl_overrides(
+        tmp_path, model, prompt_file(tmp_path / "data", n=2), max_steps=2, per_device_batch_size=1,
+        rollout__num_samples=2, rollout__max_new_tokens=4, cost={"name": "test_cost", "kwargs": {"value": 1.0}},
+        cost_limit=0.0, cost_penalty="fixed", cost_coef=0.3,
+    )
+    cfg, _ = _run(cfg_dict)
+    rows = [r for r in read_metrics(cfg.output_dir) if "cost/coef" in r]
+    assert [r["cost/coef"] for r in rows] == [0.3, 0.3] and not any("lagrange/lambda" in r for r in rows)
+    assert all(r["cost/violation"] == 1.0 for r in rows)
+
+
 def test_safe_ppo_resume_after_kill_equals_uninterrupted(tmp_path):
     from test_rl_ppo import check_resume
 

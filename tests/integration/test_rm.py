@@ -21,28 +21,33 @@ def _cfg(cls, tiny, out, train, evalf, **extra):
 
 
 @pytest.fixture(scope="module")
-def trained_rm(tiny_model_dir, rewards_shapes_dir, tmp_path_factory):
+def trained_rm(tiny_model_dir, rewards_shapes_dir, tmp_path_factory, learning_seed):
     from vlalign.trainers.reward_model import RewardModelConfig, train_reward_model
 
     torch.set_num_threads(1)  # the shared CPU is faster single-threaded
     out = tmp_path_factory.mktemp("rm")
     cfg = _cfg(RewardModelConfig, tiny_model_dir("llava"), out, rewards_shapes_dir / "preference.jsonl",
-               rewards_shapes_dir / "preference_eval.jsonl", max_steps=16)
+               rewards_shapes_dir / "preference_eval.jsonl", max_steps=16, seed=learning_seed)
     return out, train_reward_model(cfg)
 
 
-def test_reward_model_accuracy_rises_above_chance(trained_rm):
+def test_reward_model_accuracy_rises_above_chance(trained_rm, learning):
     out, metrics = trained_rm
-    before, after = metrics["before"]["accuracy"], metrics["after"]["accuracy"]
-    # Untrained head: chance (~0.5). 16 steps of 16 pairs: the measured held-out accuracy was ~0.75.
-    assert after >= 0.65, metrics["after"]
-    assert after - before >= 0.1, (before, after)
+    before, after = metrics["before"], metrics["after"]
+    # The untrained head scores chance ± noise on these 64 held-out pairs (0.30-0.72 over seeds 0-4), so the
+    # accuracy gain (0.03-0.47) is no test of learning; the mean margin (chosen − rejected) and the NLL are:
+    # over seeds 0-4 (AVX2; the default kernels gave the same margins to 4 decimals) they rose 0.12-0.41 and
+    # fell 0.057-0.129; the bounds leave 2x margin below the worst run.
+    gain = after["margin_mean"] - before["margin_mean"]
+    assert learning.above("mean margin gain", gain, 0.06), (before, after)
+    assert learning.above("held-out NLL fall", before["nll"] - after["nll"], 0.03), (before, after)
+    # 16 steps of 16 pairs, seeds 0-4 x kernels AVX2 / default: held-out accuracy 0.66-0.77 (0.73 ± 0.04).
+    assert learning.above("held-out accuracy", after["accuracy"], 0.6), after
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["after"]["accuracy"] == after
+    assert saved["after"]["accuracy"] == after["accuracy"]
     assert sum(saved["after"]["margin_histogram"]["counts"]) == 64
     assert 0.0 <= saved["after"]["ece"] <= 1.0 and saved["after"]["calibration"]
     print({k: (metrics[k]["accuracy"], metrics[k]["nll"], metrics[k]["margin_mean"]) for k in ("before", "after")})
-    assert metrics["after"]["margin_mean"] > metrics["before"]["margin_mean"]  # chosen pulled above rejected
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 16  # one training log row per step
 
 
@@ -66,20 +71,24 @@ def test_saved_reward_model_loads_with_one_call_and_scores(trained_rm, rewards_s
         build_source({"name": "cost", "kwargs": {"path": str(out)}})
 
 
-def test_cost_model_separates_safe_from_unsafe(tiny_model_dir, rewards_shapes_dir, tmp_path):
+def test_cost_model_separates_safe_from_unsafe(tiny_model_dir, rewards_shapes_dir, tmp_path, learning):
     from vlalign.rewards import Sample, build_source
     from vlalign.trainers.reward_model import CostModelConfig, train_cost_model
 
     torch.set_num_threads(1)
     cfg = _cfg(CostModelConfig, tiny_model_dir("llava"), tmp_path / "cost", rewards_shapes_dir / "safety.jsonl",
-               rewards_shapes_dir / "safety_eval.jsonl", max_steps=16)
+               rewards_shapes_dir / "safety_eval.jsonl", max_steps=16, seed=learning.seed)
     cfg.eval.limit = 32
     metrics = train_cost_model(cfg)
     after = metrics["after"]
     # safety_eval: half harmful pairs (safe refusal vs unsafe compliance), half benign (both safe)
-    assert after["safety_accuracy"] >= 0.9, after  # sign(cost) says unsafe for ≥ 90% of answers
-    assert after["mean_cost_unsafe"] > 0 > after["mean_cost_safe"]
-    assert metrics["before"]["safety_accuracy"] < after["safety_accuracy"]
+    # Seeds 0-4 x kernels AVX2 / default: safety accuracy 1.0 every time, mean costs +4.3..+6.3 (unsafe) and
+    # -6.5..-5.0 (safe), gain 0.25-0.84
+    assert learning.above("safety accuracy", after["safety_accuracy"], 0.9), after  # sign(cost) right for > 90%
+    assert learning.above("mean cost, unsafe", after["mean_cost_unsafe"], 0.0)
+    assert learning.below("mean cost, safe", after["mean_cost_safe"], 0.0)
+    gain = after["safety_accuracy"] - metrics["before"]["safety_accuracy"]
+    assert learning.above("safety accuracy gain", gain, 0.0)
     cost = build_source({"name": "cost", "kwargs": {"path": str(tmp_path / "cost")}})
     import json as _json
 
@@ -126,17 +135,19 @@ def test_plackett_luce_on_ranked_lists_with_uneven_k(tiny_model_dir, rewards_sha
     assert batch.inputs["input_ids"].shape[0] == 6  # 3 blocks × 2 rows, response-major
 
 
-def test_distill_student_regresses_teacher(trained_rm, tiny_model_dir, rewards_shapes_dir, tmp_path):
+def test_distill_student_regresses_teacher(trained_rm, tiny_model_dir, rewards_shapes_dir, tmp_path, learning):
     from vlalign.rewards.learned import load_reward_model
     from vlalign.trainers.reward_model import DistillConfig, train_distill
 
     teacher_dir, _ = trained_rm
     torch.set_num_threads(1)
     cfg = _cfg(DistillConfig, tiny_model_dir("llava"), tmp_path / "student", rewards_shapes_dir / "preference.jsonl",
-               rewards_shapes_dir / "preference_eval.jsonl", max_steps=8, teacher=str(teacher_dir))
+               rewards_shapes_dir / "preference_eval.jsonl", max_steps=8, teacher=str(teacher_dir),
+               seed=learning.seed)
     cfg.data.limit, cfg.eval.limit = 128, 32
     metrics = train_distill(cfg)
     mse = [json.loads(x)["mse"] for x in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
-    assert sum(mse[-3:]) < sum(mse[:3]), mse  # the student moves towards the teacher's scores
+    # the student moves towards the teacher's scores: ratio 0.007-0.17 over seeds 0-4 x kernels AVX2 / default
+    assert learning.below("last 3 / first 3 MSE", sum(mse[-3:]) / sum(mse[:3]), 1.0), mse
     student = load_reward_model(tmp_path / "student")
     assert student.kind == "reward" and metrics["teacher"] == str(teacher_dir)

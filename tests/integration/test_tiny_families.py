@@ -45,7 +45,7 @@ def test_family_reloads_offline_forward_and_generate(family, tiny_model_dir):
 
 
 @pytest.mark.parametrize("family", ARCHITECTURES)
-def test_family_loads_with_lora_and_trains(family, tiny_model_dir):
+def test_family_loads_with_lora_and_trains(family, tiny_model_dir, learning):
     from PIL import Image
 
     loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir(family)), lora={"enabled": True, "r": 4}))
@@ -64,4 +64,6 @@ def test_family_loads_with_lora_and_trains(family, tiny_model_dir):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < losses[0] - 0.05, losses
+    # LoRA init follows the test's seed; seeds 0-4 x kernels AVX2 / default: fall 0.87-1.00 (llava),
+    # 0.49-0.61 (qwen2_vl), 0.49-0.62 (idefics3); > 0.05 leaves 10x margin
+    assert learning.above("loss fall", losses[0] - losses[-1], 0.05), losses

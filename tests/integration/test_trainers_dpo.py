@@ -39,16 +39,19 @@ def ref_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("ref_cache"))
 
 
-def test_dpo_loss_falls_and_metrics_are_logged(llava, trainer_data, tmp_path):
+def test_dpo_loss_falls_and_metrics_are_logged(llava, trainer_data, tmp_path, learning):
     from vlalign.trainers.dpo import train_dpo
 
-    train_dpo(dpo_cfg(llava, trainer_data[0], tmp_path, beta=0.5, learning_rate=5e-3))
+    train_dpo(dpo_cfg(llava, trainer_data[0], tmp_path, beta=0.5, learning_rate=5e-3, seed=learning.seed))
     rows = read_metrics(tmp_path)
     losses = [r["loss"] for r in rows]
     # step 1: policy == reference, so every DPO loss is -log σ(0) = log 2
     assert losses[0] == pytest.approx(0.693147, abs=1e-4)
-    assert losses[-1] < 0.95 * losses[0], losses  # measured: 0.693 -> ~0.64 in 5 steps
-    assert rows[-1]["accuracy"] > 0.5 and rows[-1]["margin"] > 0
+    # The same on every seed 0-4 (the batch is the whole data set) and kernel AVX2 / default: ratio 0.9191,
+    # accuracy 0.75, margin 0.124; kernels move such values by ~1e-6 (docs/reproducibility.md)
+    assert learning.below("last / first loss", losses[-1] / losses[0], 0.95), losses
+    assert learning.above("last accuracy", rows[-1]["accuracy"], 0.5)
+    assert learning.above("last margin", rows[-1]["margin"], 0.0)
     for key in ("reward_chosen", "reward_rejected", "logp_chosen", "kl_ref", "grad_norm", "lr", "pairs_per_s",
                 "tokens_per_s", "peak_rss_mib"):
         assert key in rows[-1], key

@@ -171,18 +171,19 @@ def test_grpo_loss_gains_weight_times_the_replay_nll(llava, replay_file, tmp_pat
     assert b["loss"] - a["loss"] == pytest.approx(2.0 * expected, rel=1e-3, abs=1e-5)
 
 
-def test_grpo_with_replay_keeps_the_replay_rows_likelier(llava, replay_file, tmp_path):
+def test_grpo_with_replay_keeps_the_replay_rows_likelier(llava, replay_file, tmp_path, learning):
     """Measured change: after 6 rollouts at a high learning rate the replay rows' NLL is lower with the
     replay term than without it."""
     from vlalign.trainers.grpo import train_grpo
 
     runs = {}
     for name, path in (("plain", None), ("replay", replay_file)):
-        cfg = _rl_cfg(tmp_path / name, llava, path, max_steps=6, learning_rate=1e-2)
+        cfg = _rl_cfg(tmp_path / name, llava, path, max_steps=6, learning_rate=1e-2, seed=learning.seed)
         train_grpo(cfg)
         nll, count = replay_rows_of_step0(cfg.output_dir + "/final", replay_file, n_train=6, rows=range(6))
         runs[name] = float((nll / count).mean())
-    assert runs["replay"] < runs["plain"] - 0.05, runs
+    # seeds 0-4 x kernels AVX2 / default: 4.4-4.8 nats lower with replay
+    assert learning.above("replay rows' NLL, plain − replay", runs["plain"] - runs["replay"], 0.05), runs
 
 
 def test_grpo_with_replay_resumes_exactly(llava, replay_file, tmp_path):

@@ -26,15 +26,18 @@ def llava(tiny_model_dir):
     return tiny_model_dir("llava")
 
 
-def test_sft_loss_falls_on_a_fixed_batch(llava, trainer_data, tmp_path):
+def test_sft_loss_falls_on_a_fixed_batch(llava, trainer_data, tmp_path, learning):
     from vlalign.trainers.sft import train_sft
 
     # 8 rows, global batch 8: every step sees the same 8 rows, so the NLL must go down.
-    summary = train_sft(sft_cfg(llava, trainer_data[1], tmp_path))
+    summary = train_sft(sft_cfg(llava, trainer_data[1], tmp_path, seed=learning.seed))
     losses = [m["loss"] for m in read_metrics(tmp_path)]
     assert len(losses) == 6 and summary["skipped_steps"] == 0
-    assert all(b < a for a, b in itertools.pairwise(losses)), losses  # falls every step
-    assert losses[-1] < 0.85 * losses[0], losses
+    # falls every step; the same on every seed 0-4 (the batch is the whole data set) and kernel AVX2 / default:
+    # smallest fall 0.29, ratio 0.70 (kernels move them by ~1e-6)
+    falls = [a - b for a, b in itertools.pairwise(losses)]
+    assert learning.above("smallest step-to-step fall", min(falls), 0.0), losses
+    assert learning.below("last / first loss", losses[-1] / losses[0], 0.85), losses
     # the final model is a plain HF checkpoint, processor included
     from transformers import AutoModelForImageTextToText, AutoProcessor
 

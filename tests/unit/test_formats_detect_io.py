@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vlalign.data.formats import FormatDetectionError, detect_format
-from vlalign.data.images import ImageChecker, cap_pixels, capped_size, open_image
+from vlalign.data.images import ImageChecker, cap_pixels, capped_size, content_name, open_image
 from vlalign.data.io import iter_rows
 from vlalign.data.validate import load_records
 
@@ -130,8 +130,9 @@ def test_cli_convert_writes_images_and_reloads(tmp_path):
     done = runner.invoke(app, ["data", "convert", str(tmp_path / "train.parquet"), "--out", str(out), "--skip-bad"])
     assert done.exit_code == 0, done.output
     rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert len(rows) == 1 and rows[0]["images"] == ["images/rlaif_v-0-0.png"]
-    assert (out / "images" / "rlaif_v-0-0.png").is_file()
+    name = content_name(_png((0, 255, 0)))  # images are stored under their content hash
+    assert len(rows) == 1 and rows[0]["images"] == [f"images/{name}"] and name.endswith(".png")
+    assert (out / "images" / name).is_file()
     assert json.loads((out / "report.json").read_text())["n_bad_rows"] == 1
     again = load_records(out / "records.jsonl")  # canonical, auto-detected, image path resolves
     assert again.formats[str(out / "records.jsonl")] == "canonical"

@@ -38,11 +38,11 @@ def test_score_reads_last_token_and_values_every_token(tiny_model_dir):
     torch.testing.assert_close(scores, torch.stack([values[0, 3], values[1, 2]]))
 
 
-def test_reward_head_learns_to_rank(tiny_model_dir, tmp_path):
+def test_reward_head_learns_to_rank(tiny_model_dir, tmp_path, learning):
     """Bradley-Terry steps on one pair push score(chosen) above score(rejected)."""
     from transformers import AutoModelForImageTextToText
 
-    torch.manual_seed(0)
+    torch.manual_seed(learning.seed)
     rm = ScalarHeadModel(AutoModelForImageTextToText.from_pretrained(tiny_model_dir("llava")))
     chosen = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
     rejected = {"input_ids": torch.tensor([[5, 6, 7, 9]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
@@ -54,7 +54,8 @@ def test_reward_head_learns_to_rank(tiny_model_dir, tmp_path):
         loss.backward()
         opt.step()
     margin1 = (rm.score(chosen) - rm.score(rejected)).item()
-    assert margin1 > margin0 + 0.5, (margin0, margin1)
+    # head init follows the test's seed; seeds 0-4 x kernels AVX2 / default: gain 9.0-11.3
+    assert learning.above("margin gain", margin1 - margin0, 0.5), (margin0, margin1)
     rm.save_head(tmp_path)
     fresh = ScalarHeadModel(rm.backbone)
     fresh.load_head(tmp_path)

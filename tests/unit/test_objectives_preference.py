@@ -10,12 +10,14 @@ from vlalign.objectives import (
     PreferenceBatchLogps,
     dense_dpo_loss,
     dpo_loss,
+    dynamic_beta,
     hinge_loss,
     ipo_loss,
     kto_kl_reference,
     kto_loss,
     log1mexp,
     mdpo_loss,
+    mm_dpo_loss,
     orpo_loss,
     segment_weighted_logps,
     simpo_loss,
@@ -167,6 +169,7 @@ def _full_batch(requires_grad=True):
         ref_rejected_token_logps=t(-2.0, -1.0, -2.0)[None].repeat(2, 1),
         chosen_mask=torch.ones(2, 3), rejected_mask=t(1.0, 1.0, 0.0)[None].repeat(2, 1),
         chosen_segment_mask=t(1.0, 0.0, 0.0)[None].repeat(2, 1),
+        reward_margin=t(0.5, 2.0),
     )
 
 
@@ -203,3 +206,36 @@ def test_registry_reference_flags_and_validation():
         PREFERENCE_LOSSES.get("kto")(PreferenceBatchLogps(t(-1.0), t(-2.0), t(-1.0), t(-2.0)))
     with pytest.raises(KeyError, match="Did you mean 'dpo'"):
         PREFERENCE_LOSSES.get("dpoo")
+
+
+def test_dynamic_beta_hand_values():
+    # β(δ) = β·(1 + w·(1 − e^{−kδ})), β = 0.1, w = 0.5, k = 1:
+    #   δ = 0 → 0.1;  δ = ln 2 → 0.1·(1 + 0.5·(1 − ½)) = 0.125;  δ → ∞ → 0.1·1.5 = 0.15;
+    #   δ = −3 (the RM disagrees with the label) is clamped to 0 → 0.1
+    got = dynamic_beta(t(0.0, math.log(2.0), 1e4, -3.0), beta=0.1, w=0.5, k=1.0)
+    assert torch.allclose(got, t(0.1, 0.125, 0.15, 0.1), atol=1e-7)
+    # k = 2 saturates faster: δ = ln 2 → 1 − e^{−2 ln 2} = 1 − ¼ = ¾ → 0.1·(1 + 0.5·¾) = 0.1375
+    assert dynamic_beta(t(math.log(2.0)), beta=0.1, w=0.5, k=2.0).item() == pytest.approx(0.1375)
+    with pytest.raises(ValueError, match="w must be >= 0"):
+        dynamic_beta(t(1.0), w=-0.1)
+
+
+def test_mm_dpo_hand_values_and_reduction_to_dpo():
+    # h: pair 0 = (−1 + 1.5) − (−3 + 2) = 1.5; pair 1 = (−2 + 2) − (−2.5 + 2) = 0.5.
+    # δ = (0, ln 2), β = 0.1, w = 0.5, k = 1 → β(δ) = (0.1, 0.125) (see above);
+    # loss = log(1 + e^{−β(δ)·h}) = (log(1 + e^{−0.15}), log(1 + e^{−0.0625})) = (0.620957, 0.662385)
+    pc, pr, rc, rr = t(-1.0, -2.0), t(-3.0, -2.5), t(-1.5, -2.0), t(-2.0, -2.0)
+    out = mm_dpo_loss(pc, pr, rc, rr, t(0.0, math.log(2.0)), beta=0.1, w=0.5, k=1.0)
+    want = t(math.log1p(math.exp(-0.15)), math.log1p(math.exp(-0.0625)))
+    assert torch.allclose(out.losses, want, atol=1e-6)
+    assert torch.allclose(out.losses, t(0.620957, 0.662385), atol=1e-6)
+    # implicit rewards use the pair's own β: chosen log-ratios (0.5, 0) → (0.05, 0)
+    assert torch.allclose(out.chosen_rewards, t(0.05, 0.0)) and torch.allclose(out.extras["beta"], t(0.1, 0.125))
+    # w = 0: exactly DPO at β whatever the margins
+    plain = mm_dpo_loss(pc, pr, rc, rr, t(3.0, 7.0), beta=0.1, w=0.0)
+    assert torch.allclose(plain.losses, dpo_loss(pc, pr, rc, rr, beta=0.1).losses)
+    # through the registry: the margins come from the batch, a batch without them fails by name
+    batch = PreferenceBatchLogps(pc, pr, rc, rr, reward_margin=t(0.0, math.log(2.0)))
+    assert torch.allclose(PREFERENCE_LOSSES.get("mm_dpo")(batch, w=0.5).losses, want, atol=1e-6)
+    with pytest.raises(ValueError, match="reward_margin"):
+        PREFERENCE_LOSSES.get("mm_dpo")(PreferenceBatchLogps(pc, pr, rc, rr))

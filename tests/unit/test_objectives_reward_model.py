@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from vlalign.objectives import (
+    aspect_bt_loss,
+    aspect_labels,
+    bootstrap_weights,
     bradley_terry_loss,
+    conservative_reward,
+    ensemble_bt_loss,
     plackett_luce_loss,
     preference_accuracy,
     safe_rlhf_cost_loss,
@@ -73,3 +78,59 @@ def test_safe_rlhf_sign_term_pushes_unsafe_cost_positive():
 def test_preference_accuracy():
     # 2 of 3 pairs strictly ordered (a tie counts as wrong)
     assert preference_accuracy(t(1.0, 2.0, 0.0), t(0.0, 1.0, 0.0)).item() == pytest.approx(2 / 3)
+
+
+def test_conservative_reward_hand_values():
+    # members (1, 2, 3, 4): mean 2.5, population variance (2.25 + .25 + .25 + 2.25)/4 = 1.25, std √1.25 = 1.118034
+    # members (2, 2, 2, 2): mean 2, std 0 → every mode gives 2
+    scores = t(1.0, 2.0, 3.0, 4.0, 2.0, 2.0, 2.0, 2.0).view(2, 4)
+    assert torch.allclose(conservative_reward(scores, 1.0), t(2.5 - 1.118034, 2.0), atol=1e-6)
+    assert torch.allclose(conservative_reward(scores, 2.0), t(2.5 - 2.236068, 2.0), atol=1e-6)
+    assert torch.allclose(conservative_reward(scores, 0.5, mode="uwo"), t(2.5 - 0.625, 2.0))  # − 0.5·1.25
+    assert torch.allclose(conservative_reward(scores, mode="wco"), t(1.0, 2.0))
+    assert torch.allclose(conservative_reward(scores, 0.0), t(2.5, 2.0))  # c = 0: the plain mean
+    with pytest.raises(ValueError, match="coef must be >= 0"):
+        conservative_reward(scores, -1.0)
+    with pytest.raises(KeyError, match="mean_minus_sdt"):
+        conservative_reward(scores, mode="mean_minus_sdt")
+
+
+def test_bootstrap_weights_are_a_pure_function_of_seed_row_and_head():
+    w = bootstrap_weights(list(range(4000)), heads=3, seed=0)  # (4000, 3)
+    assert w.shape == (4000, 3) and (w >= 0).all() and torch.equal(w, w.round())
+    # the same row gets the same weights whatever else is in the batch (resume, micro-batches, processes)
+    assert torch.equal(bootstrap_weights([17, 3], 3, 0), w[[17, 3]])
+    assert not torch.equal(bootstrap_weights([17], 3, 1), w[[17]]) or not torch.equal(
+        bootstrap_weights([18], 3, 1), w[[18]])  # another seed, another resample
+    # Poisson(1): mean 1, P(0) = e^−1 = 0.368. Over 12,000 fixed draws (deterministic: no tolerance
+    # for luck is needed, the bounds only say the draws are Poisson(1)-shaped)
+    assert abs(float(w.mean()) - 1.0) < 0.03
+    assert abs(float((w == 0).float().mean()) - math.exp(-1)) < 0.02
+    # heads differ: the resamples are not the same
+    assert not torch.equal(w[:, 0], w[:, 1])
+
+
+def test_ensemble_bt_loss_hand_values():
+    # 2 heads; pair 0 diffs (1, 0) → BT (0.313262, 0.693147); pair 1 diffs (0, 0) → (ln 2, ln 2)
+    chosen, rejected = t(2.0, 0.0, 0.0, 0.0).view(2, 2), t(1.0, 0.0, 0.0, 0.0).view(2, 2)
+    plain = ensemble_bt_loss(chosen, rejected)
+    assert torch.allclose(plain, t((0.313262 + math.log(2)) / 2, math.log(2)), atol=1e-6)
+    # bootstrap weights (2, 0) and (0, 1): pair 0 → (2·0.313262 + 0)/2, pair 1 → (0 + ln 2)/2
+    weighted = ensemble_bt_loss(chosen, rejected, t(2.0, 0.0, 0.0, 1.0).view(2, 2))
+    assert torch.allclose(weighted, t(0.313262, math.log(2) / 2), atol=1e-6)
+
+
+def test_aspect_labels_and_loss_hand_values():
+    nan = float("nan")
+    # aspects (faithful, complete): pair 0 rated (2, 1) vs (1, 1) → (+1, 0 tie); pair 1 (0, nan) vs (1, 3) → (−1, 0 unrated)
+    labels = aspect_labels(t(2.0, 1.0, 0.0, nan).view(2, 2), t(1.0, 1.0, 1.0, 3.0).view(2, 2))
+    assert labels.tolist() == [[1.0, 0.0], [-1.0, 0.0]]
+    # head scores: pair 0 faithful 0.5 vs −0.5 → −log σ(1) = 0.313262; pair 1 faithful 0 vs 0, y = −1 → ln 2
+    chosen, rejected = t(0.5, 9.0, 0.0, 9.0).view(2, 2), t(-0.5, -9.0, 0.0, -9.0).view(2, 2)
+    loss = aspect_bt_loss(chosen, rejected, labels)
+    assert torch.allclose(loss, t(0.313262, 0.0, math.log(2), 0.0).view(2, 2), atol=1e-6)
+    # d loss / d r_r = y·(1 − σ(u)), u = y·(r_c − r_r): pair 0 1·(1 − σ(1)) = 0.268941; pair 1 (y = −1, u = 0)
+    # −1·½ = −0.5, i.e. the rejected answer (rated higher on this aspect) is pulled up; unlabelled cells get 0
+    rej = rejected.clone().requires_grad_(True)
+    aspect_bt_loss(chosen, rej, labels).sum().backward()
+    assert torch.allclose(rej.grad, t(0.268941, 0.0, -0.5, 0.0).view(2, 2), atol=1e-6)

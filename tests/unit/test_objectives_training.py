@@ -23,7 +23,7 @@ def _policy():
     return torch.zeros(A, requires_grad=True)  # logits; uniform start: p = ¼ each
 
 
-def test_dpo_raises_chosen_probability_and_reward_accuracy():
+def test_dpo_raises_chosen_probability_and_reward_accuracy(learning):
     logits = _policy()
     ref = torch.log_softmax(logits.detach(), -1)  # frozen reference = start policy
     chosen, rejected = torch.tensor([0, 0, 1]), torch.tensor([1, 2, 2])  # 0 ≻ 1 ≻ 2
@@ -36,14 +36,15 @@ def test_dpo_raises_chosen_probability_and_reward_accuracy():
         loss.backward()
         _sgd_step(logits, 1.0)
     p = torch.softmax(logits.detach(), -1)
-    assert loss.item() < 0.5 * first  # starts at log 2 = 0.693
+    # starts at log 2 = 0.693; no randomness: 0.2175 on every seed 0-4 and kernel AVX2 / default
+    assert learning.below("last / first loss", loss.item() / first, 0.5)
     assert p[0] > p[1] > p[2]
     assert O.preference_accuracy(out.chosen_rewards, out.rejected_rewards).item() == 1.0
 
 
-def test_grpo_ppo_loop_learns_the_rewarded_response():
+def test_grpo_ppo_loop_learns_the_rewarded_response(learning):
     logits = _policy()
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(learning.seed)
     group, groups = 8, 4
     for _ in range(30):
         with torch.no_grad():
@@ -56,10 +57,11 @@ def test_grpo_ppo_loop_learns_the_rewarded_response():
         out = O.ppo_policy_loss(logp, old_logp, adv, torch.ones_like(adv))
         out.loss.backward()
         _sgd_step(logits, 0.5)
-    assert torch.softmax(logits.detach(), -1)[2] > 0.9  # from 0.25
+    # from 0.25; seeds 0-4 (sampling) x kernels AVX2 / default: 0.969-0.979
+    assert learning.above("p(rewarded)", torch.softmax(logits.detach(), -1)[2], 0.9)
 
 
-def test_reward_model_bradley_terry_learns_ordering():
+def test_reward_model_bradley_terry_learns_ordering(learning):
     scores = torch.zeros(A, requires_grad=True)  # one learnable score per response
     chosen, rejected = torch.tensor([3, 3, 2]), torch.tensor([2, 0, 0])
     for _ in range(50):
@@ -67,7 +69,8 @@ def test_reward_model_bradley_terry_learns_ordering():
         loss.backward()
         _sgd_step(scores, 0.5)
     s = scores.detach()
-    assert s[3] > s[2] > s[0] and loss.item() < 0.3  # from log 2
+    # from log 2; no randomness: 0.0697 on every seed 0-4 and kernel AVX2 / default
+    assert s[3] > s[2] > s[0] and learning.below("last loss", loss.item(), 0.3)
 
 
 def test_lagrangian_tracks_cost_limit():

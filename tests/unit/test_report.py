@@ -38,6 +38,12 @@ def test_relative_change_by_hand():
     assert relative_change(0.0, 0.1) != relative_change(0.0, 0.1)  # NaN: undefined from a zero baseline
 
 
+def test_metrics_table_shows_intervals():
+    rows = metrics_table({"sft": {"chair_i": 0.25}, "dpo": {"chair_i": 0.10}}, ["chair_i"], "sft",
+                         intervals={"dpo": {"chair_i": {"low": 0.05, "high": 0.151}}})
+    assert rows[1] == ["chair_i", "0.250", "0.100 [0.050, 0.151]", "-60.0%"]
+
+
 def test_metrics_table_has_values_and_deltas():
     rows = metrics_table({"sft": {"chair_i": 0.25, "n": 40}, "dpo": {"chair_i": 0.10, "n": 40}}, ["chair_i", "n"], "sft")
     assert rows[0] == ["metric", "sft", "dpo", "dpo vs sft"]

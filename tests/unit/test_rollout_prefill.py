@@ -1,6 +1,7 @@
 """Rollout prefill once per group: the expanded KV cache equals the one of K separate prompt rows, and
 sampling with it draws the very same tokens as prefilling all B·K rows (same seed), on the families
-that support it; other families fall back with a reason."""
+that support it (Qwen2-VL included: its M-RoPE offsets are repeated with the cache); other families
+fall back with a reason."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from vlalign.data.collate import CollateConfig
 from vlalign.data.records import PromptRecord
+from vlalign.models.shared_prefix import mm_token_type_ids
 from vlalign.rollout.config import RolloutConfig
 from vlalign.rollout.generate import (
     SHARED_PREFILL_TYPES,
@@ -50,9 +52,15 @@ def test_shared_prefill_cache_and_samples_equal_per_sample(family, tiny_model_di
         shared = prefill_groups(model, ids, mask, once, k)
         rows_ids, rows_mask = ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)  # (6, P)
         each, _ = repeat_image_inputs(encoded, k)
-        positions = (rows_mask.cumsum(-1) - 1).clamp(min=0)  # what generate derives from the mask
-        full = model(input_ids=rows_ids[:, :-1], attention_mask=rows_mask[:, :-1], position_ids=positions[:, :-1],
-                     **each, use_cache=True).past_key_values
+        if family == "qwen2_vl":  # the model's own M-RoPE positions of the 6 rows
+            types = mm_token_type_ids(model.config, rows_ids)
+            model.model.rope_deltas = None
+            full = model(input_ids=rows_ids[:, :-1], attention_mask=rows_mask[:, :-1], mm_token_type_ids=types[:, :-1],
+                         **each, use_cache=True).past_key_values
+        else:
+            positions = (rows_mask.cumsum(-1) - 1).clamp(min=0)  # what generate derives from the mask
+            full = model(input_ids=rows_ids[:, :-1], attention_mask=rows_mask[:, :-1], position_ids=positions[:, :-1],
+                         **each, use_cache=True).past_key_values
     assert shared.get_seq_length() == ids.shape[1] - 1
     real = rows_mask[:, :-1].bool()  # (6, P-1) padded slots are never attended to: compare the real ones
     for a, b in zip(shared.layers, full.layers, strict=True):
@@ -71,8 +79,7 @@ def test_shared_prefill_cache_and_samples_equal_per_sample(family, tiny_model_di
 def test_shared_prefill_reasons(tiny_model_dir):
     from transformers import AutoModelForImageTextToText
 
-    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("qwen2_vl"))
-    assert "qwen2_vl" in shared_prefill_reason(model, RolloutConfig())
+    assert set(SHARED_PREFILL_TYPES) == {"llava", "idefics3", "qwen2_vl"}  # each one tested above
     llava = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("llava"))
     assert shared_prefill_reason(llava, RolloutConfig(num_samples=4)) is None
     assert "per_sample" in shared_prefill_reason(llava, RolloutConfig(prefill="per_sample"))

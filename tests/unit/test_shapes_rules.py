@@ -104,3 +104,26 @@ def test_correct_response_without_add_missing_only_removes():
     )
     assert corrected == "The image shows a red circle."
     assert [(s.start, s.end, s.correction) for s in segs] == [(28, 46, "")]
+
+
+def test_judged_spans_split_the_score_exactly_over_the_mentions():
+    texts = ["The image shows a yellow circle and three green triangles.",
+             "The image shows a red circle and two green triangles."]
+    out = _score("shapes_rules", texts)
+    # text 0 (weights objects 1, colors 0.5, counts 0.5; 2 present types):
+    #   "a yellow circle": objects −1/2, colours 0.5·(−1/2) (2 colour votes)            = −0.75
+    #   "three green triangles": objects +1/2, colours 0.5·(+1/2), counts 0.5·(−1/1)  = +0.25
+    #   sum −0.5 = the combined score above
+    # text 1: each mention objects ½ + colours 0.5·½ + counts 0.5·½ = 1.0; sum 2.0 = 1 + 0.5 + 0.5
+    got = [[(texts[i][s.start:s.end], s.value, s.kind) for s in spans] for i, spans in enumerate(out.spans)]
+    assert got[0] == [("a yellow circle", pytest.approx(-0.75), "color"),
+                      ("three green triangles", pytest.approx(0.25), "count")]
+    assert [v for _, v, _ in got[1]] == pytest.approx([1.0, 1.0])
+    assert [sum(s.value for s in spans) for spans in out.spans] == pytest.approx(out.rewards.tolist())
+    # a repeated type counts once in the objects score, so only its first mention carries the objects share
+    rep = _score("shapes_objects", ["A red circle and a red circle."])
+    assert [s.value for s in rep.spans[0]] == pytest.approx([0.5, 0.0]) and rep.rewards.item() == pytest.approx(0.5)
+    # the single-part sources split their own score the same way; refusal judges the whole answer (no spans)
+    for name in ("shapes_objects", "shapes_colors", "shapes_counts"):
+        o = _score(name, texts)
+        assert [sum(s.value for s in sp) for sp in o.spans] == pytest.approx(o.rewards.tolist()), name

@@ -156,7 +156,7 @@ def test_verified_exact_is_what_the_equality_test_covers(tiny_model_dir):
     assert all(t in PAIR_POSITIONS for t in VERIFIED_EXACT)
 
 
-def test_dpo_default_forward_is_shared_prefix_and_trains(tiny_model_dir, trainer_data, tmp_path, capsys):
+def test_dpo_default_forward_is_shared_prefix_and_trains(tiny_model_dir, trainer_data, tmp_path, capsys, learning):
     from vlalign.trainers.configs import DPOConfig
     from vlalign.trainers.dpo import train_dpo
     from vlalign.trainers.logging import read_metrics
@@ -164,7 +164,7 @@ def test_dpo_default_forward_is_shared_prefix_and_trains(tiny_model_dir, trainer
     cfg = DPOConfig.model_validate({
         "output_dir": str(tmp_path), "model": {"name_or_path": str(tiny_model_dir("llava"))},
         "data": {"train": str(trainer_data[0]), "max_length": 128}, "per_device_batch_size": 8, "max_steps": 5,
-        "learning_rate": 5e-3, "lr_scheduler": "constant", "progress": False, "beta": 0.5,
+        "learning_rate": 5e-3, "lr_scheduler": "constant", "progress": False, "beta": 0.5, "seed": learning.seed,
     })
     assert cfg.forward == "auto"  # the default
     train_dpo(cfg)
@@ -172,4 +172,5 @@ def test_dpo_default_forward_is_shared_prefix_and_trains(tiny_model_dir, trainer
     losses = [r["loss"] for r in read_metrics(tmp_path) if "loss" in r]
     # step 1: policy == reference (cache scored with the same forward), so the loss is log 2 exactly
     assert losses[0] == pytest.approx(0.693147, abs=1e-4)
-    assert losses[-1] < 0.95 * losses[0], losses
+    # 0.9191 on every seed 0-4 and kernel AVX2 / default (kernels move it by ~1e-6): 0.03 of margin
+    assert learning.below("last / first loss", losses[-1] / losses[0], 0.95), losses

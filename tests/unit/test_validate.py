@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from vlalign.data.checks import check_segments
 from vlalign.data.records import Segment
-from vlalign.data.validate import DataError, check_segments, load_records, scan
+from vlalign.data.validate import DataError, load_records, scan
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "formats"
 BAD = FIX / "canonical_bad.jsonl"

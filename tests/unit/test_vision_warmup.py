@@ -39,7 +39,7 @@ def tiny_demo(tmp_path_factory):
     return root, base, rows
 
 
-def test_warm_up_vision_loss_falls_and_only_vision_changes(tiny_demo):
+def test_warm_up_vision_loss_falls_and_only_vision_changes(tiny_demo, learning):
     import torch
 
     from vlalign.experiments.vision_warmup import VisionWarmupConfig, warm_up_vision
@@ -47,10 +47,11 @@ def test_warm_up_vision_loss_falls_and_only_vision_changes(tiny_demo):
 
     root, base, rows = tiny_demo
     out, losses = warm_up_vision(base, rows, VisionWarmupConfig(steps=40, batch_size=16, learning_rate=3e-3),
-                                 root / "warm", seed=0, log=lambda s: None)  # fmt: skip
+                                 root / "warm", seed=learning.seed, log=lambda s: None)  # fmt: skip
     assert len(losses) == 40
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert last < 0.8 * first, (first, last)  # BCE starts ~ln 2 = 0.69; the base rates alone give ~0.4
+    # BCE starts ~ln 2 = 0.69; the base rates alone give ~0.4. Seeds 0-4 x kernels AVX2 / default: 0.46-0.52
+    assert learning.below("last / first loss", last / first, 0.8), (first, last)
     before = load_model(ModelConfig(name_or_path=str(base))).model.state_dict()
     after = load_model(ModelConfig(name_or_path=str(out))).model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}

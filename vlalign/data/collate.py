@@ -4,12 +4,8 @@ WHY a dedicated module: the popular trainers bury collation inside the trainer, 
 bugs live here — truncation cutting through image tokens ("image features and image tokens do not
 match"), images processed twice per pair, response masks implied by padding ids. Here:
 
-- the prompt (chat template + expanded image tokens) is tokenized by the processor **once per record**,
-  together with its images (capped to ``max_pixels`` first), so a preference pair's image is
-  preprocessed once and its ``pixel_values`` are shared by the chosen and rejected rows;
-- responses are tokenized separately and appended; truncation only ever shortens the **response**, the
-  prompt (and so every image token) is kept whole. A row whose prompt alone does not leave room for one
-  response token is an error naming the row and the ``max_length`` it needs;
+- each record is encoded once (:mod:`vlalign.data.encode`: chat template, images processed once per
+  record and shared by its responses, truncation that never cuts image tokens);
 - every batch carries an explicit ``response_mask`` (B, T) and ``attention_mask`` (B, T); padding is on
   the right and never inferred from token ids.
 
@@ -20,44 +16,33 @@ so one forward computes both (see :func:`vlalign.trainers.common.forward_logps`)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
-from vlalign.data.images import open_image
+from vlalign.data.encode import (  # noqa: F401 (re-exported: callers build and encode through this module)
+    IMAGE_KEYS,
+    RESPONSE_FIELDS,
+    CollateConfig,
+    CollateError,
+    Encoded,
+    _tokenizer,
+    default_max_pixels,
+    encode_prompt,
+    encode_record,
+    encode_response,
+    fit_response,
+    open_images,
+    processor_ids,
+)
+from vlalign.data.messages import record_messages
+from vlalign.data.workers import OrderedPool, in_worker, worker_state
+
 
 # Processor outputs that describe images; they are concatenated (not padded) when batching.
-IMAGE_KEYS = ("pixel_values", "image_sizes", "image_grid_thw", "pixel_attention_mask", "image_attention_mask")
-
-
-class CollateError(ValueError):
-    """A record cannot be turned into model inputs; the message names the row and the fix."""
-
-
-@dataclass
-class CollateConfig:
-    """How records become tensors. ``max_length`` counts prompt + image tokens + response."""
-
-    max_length: int = 512
-    max_pixels: int | None = None  # images are downsized to at most this many pixels before the processor
-    base_dir: str | None = None  # relative image paths resolve against this (the data file's folder)
-
-
-@dataclass
-class Encoded:
-    """One record after tokenization: shared prompt, one or more responses, its image tensors."""
-
-    row: int  # index of the record in the dataset (for error messages and NaN reports)
-    id: str
-    prompt_ids: list[int]
-    responses: list[list[int]]  # token ids of each response (already truncated to fit)
-    image_inputs: dict[str, torch.Tensor]  # processor image outputs for this record, computed once
-    token_flags: list[list[bool]] = field(default_factory=list)  # per response: tokens inside a segment
-    block_images: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # response j -> own images
-
-
 @dataclass
 class Batch:
     """Padded model inputs plus the masks and bookkeeping the trainers need.
@@ -87,109 +72,6 @@ class Batch:
         )
 
 
-# --------------------------------------------------------------------------------------------- encode
-
-
-def _tokenizer(processor: Any) -> Any:
-    return getattr(processor, "tokenizer", processor)
-
-
-def encode_prompt(processor: Any, record: Any, cfg: CollateConfig) -> tuple[list[int], dict[str, torch.Tensor]]:
-    """Prompt text (chat template, image placeholders) + images → (prompt ids, image tensors), once."""
-    from vlalign.models import chat
-
-    text = chat.build_prompt(processor, record.prompt, len(record.images))
-    images = [open_image(ref, cfg.base_dir, cfg.max_pixels) for ref in record.images]
-    kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
-    if images:
-        kwargs["images"] = [images]
-    out = processor(**kwargs)
-    prompt_ids = out["input_ids"][0].tolist()
-    image_inputs = {k: out[k] for k in IMAGE_KEYS if k in out and out[k] is not None}
-    return prompt_ids, image_inputs
-
-
-def encode_response(
-    processor: Any, text: str, segments: Sequence[Any] = ()
-) -> tuple[list[int], list[bool]]:
-    """Response text + end-of-turn suffix → (ids, in-segment flag per token).
-
-    A token is flagged when its character span overlaps a segment ``[start, end)`` of ``text``.
-    """
-    from vlalign.models import chat
-
-    tok = _tokenizer(processor)
-    full = text + chat.response_suffix(processor)
-    if not segments:
-        ids = tok(full, add_special_tokens=False)["input_ids"]
-        return list(ids), [False] * len(ids)
-    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
-    flags = [
-        any(s < seg.end and e > seg.start and e > s for seg in segments) for s, e in enc["offset_mapping"]
-    ]
-    return list(enc["input_ids"]), flags
-
-
-def fit_response(prompt_len: int, response: list[int], max_length: int, row: int, rec_id: str) -> list[int]:
-    """Truncate ``response`` so that prompt + response <= max_length; the prompt is never cut.
-
-    Why: cutting the prompt could remove image tokens and desynchronise them from the image features.
-    """
-    room = max_length - prompt_len
-    if room < 1:
-        raise CollateError(
-            f"row {row} (id {rec_id!r}): the prompt with its image tokens is {prompt_len} tokens, which leaves "
-            f"no room for a response within max_length={max_length}; this row needs max_length >= "
-            f"{prompt_len + 1} (raise `data.max_length`, or lower `data.max_pixels` to get fewer image tokens)"
-        )
-    return response[:room]
-
-
-def encode_record(processor: Any, record: Any, row: int, cfg: CollateConfig, kind: str) -> Encoded:
-    """One record → :class:`Encoded`. ``kind``: ``sft`` (reference answer), ``pair`` (chosen/rejected)
-    or ``unpaired`` (KTO completion)."""
-    prompt_ids, image_inputs = encode_prompt(processor, record, cfg)
-    texts = RESPONSE_FIELDS[kind](record, row)
-    responses, flags = [], []
-    for text, segments in texts:
-        ids, fl = encode_response(processor, text, segments)
-        ids = fit_response(len(prompt_ids), ids, cfg.max_length, row, record.id)
-        responses.append(ids)
-        flags.append(fl[: len(ids)])
-    return Encoded(row, record.id, prompt_ids, responses, image_inputs, flags)
-
-
-def _sft_texts(record: Any, row: int) -> list[tuple[str, Sequence[Any]]]:
-    target = getattr(record, "reference", None)
-    if target is None:
-        target = getattr(record, "chosen", None)
-    if not target:
-        raise CollateError(
-            f"row {row} (id {record.id!r}): SFT needs a target answer in field `reference` (prompt records) or "
-            "`chosen` (preference records); this row has none — fill it or drop the row"
-        )
-    return [(target, ())]
-
-
-def _pair_texts(record: Any, row: int) -> list[tuple[str, Sequence[Any]]]:
-    for name in ("chosen", "rejected"):
-        if not isinstance(getattr(record, name, None), str):
-            raise CollateError(
-                f"row {row} (id {record.id!r}): preference training needs string fields `chosen` and "
-                f"`rejected`; `{name}` is missing — use a preference file (vlalign data validate tells the kind)"
-            )
-    return [(record.chosen, record.chosen_segments), (record.rejected, record.rejected_segments)]
-
-
-def _unpaired_texts(record: Any, row: int) -> list[tuple[str, Sequence[Any]]]:
-    if not isinstance(getattr(record, "completion", None), str):
-        raise CollateError(f"row {row} (id {record.id!r}): unpaired (KTO) rows need a string `completion`")
-    return [(record.completion, ())]
-
-
-RESPONSE_FIELDS = {"sft": _sft_texts, "pair": _pair_texts, "unpaired": _unpaired_texts}
-
-
 # --------------------------------------------------------------------------------------------- batch
 
 
@@ -201,31 +83,56 @@ def _pad_id(processor: Any) -> int:
     return 0
 
 
+def _pad_images(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-row image stacks of different lengths (Idefics3: (1, num_images, C, H, W) and its
+    pixel_attention_mask) padded with all-zero images along dim 1, which the model skips as padding."""
+    n = max(t.shape[1] for t in tensors)
+    out = []
+    for t in tensors:
+        if t.shape[1] < n:
+            pad = torch.zeros((t.shape[0], n - t.shape[1], *t.shape[2:]), dtype=t.dtype)
+            t = torch.cat([t, pad], dim=1)
+        out.append(t)
+    return out
+
+
 def _concat_images(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Per-record image tensors → one batch: images are concatenated along dim 0 in row order
-    (LLaVA: (num_images, C, H, W); Qwen2-VL: (num_patches, D) + grid (num_images, 3))."""
+    (LLaVA: (num_images, C, H, W); Qwen2-VL: (num_patches, D) + grid (num_images, 3)); per-row
+    stacks (Idefics3: (1, num_images, C, H, W)) are first padded to the batch's largest image count."""
     keys = [k for k in IMAGE_KEYS if any(k in it for it in items)]
-    return {k: torch.cat([it[k] for it in items if k in it], dim=0) for k in keys}
+    out = {}
+    for k in keys:
+        tensors = [it[k] for it in items if k in it]
+        per_row_stacks = tensors[0].ndim >= 4 and len({t.shape[2:] for t in tensors}) == 1
+        if per_row_stacks and len({t.shape[1] for t in tensors}) > 1:
+            tensors = _pad_images(tensors)
+        out[k] = torch.cat(tensors, dim=0)
+    return out
 
 
 def pad_rows(
-    sequences: Sequence[tuple[list[int], list[int], list[bool]]], pad_id: int
+    sequences: Sequence[tuple[Any, ...]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(prompt ids, response ids, segment flags) per row → right-padded tensors.
+    """(prompt ids, response ids, segment flags[, trained prompt flags]) per row → right-padded tensors.
 
-    Returns input_ids (N, T), attention_mask (N, T), response_mask (N, T), segment_mask (N, T).
+    The optional 4th item marks prompt tokens that are trained too (earlier assistant turns of a
+    conversation, ``assistant_turns=all``). Returns input_ids (N, T), attention_mask (N, T),
+    response_mask (N, T), segment_mask (N, T).
     """
-    T = max(len(p) + len(r) for p, r, _ in sequences)
+    T = max(len(seq[0]) + len(seq[1]) for seq in sequences)
     N = len(sequences)
     input_ids = torch.full((N, T), pad_id, dtype=torch.long)  # (N, T)
     attention = torch.zeros((N, T), dtype=torch.long)  # (N, T)
     response = torch.zeros((N, T), dtype=torch.bool)  # (N, T)
     segment = torch.zeros((N, T), dtype=torch.bool)  # (N, T)
-    for i, (p, r, flags) in enumerate(sequences):
+    for i, (p, r, flags, *rest) in enumerate(sequences):
         n = len(p) + len(r)
         input_ids[i, :n] = torch.tensor(p + r, dtype=torch.long)
         attention[i, :n] = 1
         response[i, len(p) : n] = True
+        if rest and rest[0]:
+            response[i, : len(p)] = torch.tensor(rest[0], dtype=torch.bool)
         if flags:
             segment[i, len(p) : n] = torch.tensor(flags, dtype=torch.bool)
     return input_ids, attention, response, segment
@@ -240,7 +147,7 @@ def collate(encoded: Sequence[Encoded], processor: Any) -> Batch:
     if not encoded:
         raise ValueError("cannot collate an empty batch")
     k = len(encoded[0].responses)
-    rows = [(e.prompt_ids, e.responses[j], e.token_flags[j]) for j in range(k) for e in encoded]
+    rows = [(e.prompt_ids, e.responses[j], e.token_flags[j], e.prompt_loss) for j in range(k) for e in encoded]
     input_ids, attention, response, segment = pad_rows(rows, _pad_id(processor))
     images = _concat_images([e.block_images.get(j, e.image_inputs) for j in range(k) for e in encoded])
     inputs = {"input_ids": input_ids, "attention_mask": attention, **images}
@@ -294,7 +201,8 @@ class EncodedDataset:
             raise ValueError(f"unknown record kind {kind!r}; known: {', '.join(RESPONSE_FIELDS)}")
         if extra is not None and extra not in EXTRA_BLOCKS:
             raise ValueError(f"unknown extra block {extra!r}; known: {', '.join(EXTRA_BLOCKS)}")
-        self.records = list(records)
+        # A Sequence (e.g. load_records' RecordView) is kept as is: records decode on access, not all at once.
+        self.records = records if isinstance(records, Sequence) else list(records)
         self.processor = processor
         self.cfg = cfg
         self.kind = kind
@@ -318,7 +226,7 @@ class EncodedDataset:
         # A fresh shell, so callers (and subclasses) that append blocks never touch the cache.
         c = self._cache[index]
         return Encoded(c.row, c.id, c.prompt_ids, list(c.responses), c.image_inputs, list(c.token_flags),
-                       dict(c.block_images))  # fmt: skip
+                       dict(c.block_images), c.prompt_loss, c.dropped_turns, c.prompt_text)  # fmt: skip
 
     def _remember(self, index: int, enc: Encoded) -> None:
         """Cache ``enc`` if the byte budget allows; identical image lists share one tensor dict."""
@@ -344,18 +252,45 @@ class EncodedDataset:
     def batch(self, indices: Sequence[int]) -> Batch:
         return collate([self.encode(i) for i in indices], self.processor)
 
-    def check_all(self) -> None:
-        """Encode every record once; raise one error listing every row that cannot be used."""
-        problems = []
-        for i in range(len(self)):
-            try:
-                self.encode(i)
-            except (CollateError, FileNotFoundError, OSError) as exc:
-                problems.append(str(exc))
+    def remember(self, index: int, enc: Encoded) -> None:
+        """Keep an item encoded elsewhere (a worker) in this dataset's cache, within the byte budget."""
+        if index not in self._cache:
+            self._remember(index, enc)
+
+    def check_all(self, num_workers: int = 0, progress: bool | None = None) -> None:
+        """Encode every record once (in ``num_workers`` processes when > 0, with a progress bar on a
+        terminal); raise one error listing every row that cannot be used."""
+        n = len(self)
+        chunks = [list(range(i, min(i + 16, n))) for i in range(0, n, 16)]
+        problems: list[str] = []
+        bar = tqdm(total=n, desc="encode rows", unit="row", disable=None if progress is None else not progress)
+        with OrderedPool(num_workers, {"dataset": self}) as pool:
+            for rows, results in zip(chunks, pool.imap(_encode_rows, chunks)):
+                for i, res in zip(rows, results):
+                    if isinstance(res, str):
+                        problems.append(res)
+                    elif num_workers:
+                        self.remember(i, res)
+                bar.update(len(rows))
+        bar.close()
         if problems:
             shown = "\n  ".join(problems[:20])
             more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
             raise CollateError(f"{len(problems)} of {len(self)} rows cannot be trained on:\n  {shown}{more}")
+
+
+def _encode_rows(rows: list[int]) -> list[Encoded | str]:
+    """Worker task of :meth:`EncodedDataset.check_all`: encoded rows, or the message of a bad one."""
+    dataset = worker_state()["dataset"]
+    if in_worker():
+        dataset.cache_bytes = 0  # this copy's cache would die with the worker: the parent keeps the results
+    out: list[Encoded | str] = []
+    for i in rows:
+        try:
+            out.append(dataset.encode(i))
+        except (CollateError, FileNotFoundError, OSError) as exc:
+            out.append(str(exc))
+    return out
 
 
 def _mismatched_block(ds: EncodedDataset, index: int, enc: Encoded) -> None:
@@ -386,16 +321,16 @@ def _corrupted_block(ds: EncodedDataset, index: int, enc: Encoded) -> None:
     from vlalign.models import chat
 
     rec = ds.records[index]
-    images = [corrupt_image(open_image(r, ds.cfg.base_dir, ds.cfg.max_pixels), index) for r in rec.images]
+    images = [corrupt_image(img, index) for img in open_images(ds.processor, rec, ds.cfg)]
     if not images:
         raise CollateError(f"row {index} (id {rec.id!r}): mDPO needs an image to corrupt; this row has none")
-    text = chat.build_prompt(ds.processor, rec.prompt, len(images))
-    out = ds.processor(text=[text], images=[images], return_tensors="pt")
-    if out["input_ids"][0].tolist() != enc.prompt_ids:
+    text = enc.prompt_text or chat.render(ds.processor, record_messages(rec), add_generation_prompt=True)
+    ids, image_inputs = processor_ids(ds.processor, text, images)
+    if ids != enc.prompt_ids:
         raise CollateError(f"row {index}: the corrupted image changed the number of image tokens")
     enc.responses.append(list(enc.responses[0]))
     enc.token_flags.append([False] * len(enc.responses[0]))
-    enc.block_images[len(enc.responses) - 1] = {k: out[k] for k in IMAGE_KEYS if k in out and out[k] is not None}
+    enc.block_images[len(enc.responses) - 1] = image_inputs
 
 
 # name -> fn(dataset, row, encoded) appending one more response block to each record

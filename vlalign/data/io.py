@@ -1,130 +1,98 @@
-"""Reading raw rows from JSON / JSONL / Parquet files (or folders of them) and writing canonical JSONL.
+"""Finding data files, and writing canonical records as JSONL, Parquet or a ``save_to_disk`` folder.
 
-Rows are yielded one at a time with their file and 0-based row index, so every later error can name
-exactly where it came from. A line that is not valid JSON is not fatal: it is yielded as a
-:class:`RawRow` with ``error`` set, and validation reports it like any other bad row.
+Image bytes are written under their content hash (``images/<sha256>.<ext>``): two rows showing the same
+picture share one file, and two different pictures can never overwrite each other — whatever their row
+ids look like (ids that differ only in ``/`` vs ``_``, or after 80 characters, used to collide).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlalign.data.images import image_extension
+import datasets
+
+from vlalign.data.images import content_name, normalize_ref
 from vlalign.data.records import Record, to_dict
+from vlalign.data.rows import SUPPORTED_SUFFIXES, RawRow, iter_file_rows, suffix_of
 
-SUPPORTED_SUFFIXES = (".jsonl", ".json", ".parquet")
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "RawRow",
+    "data_files",
+    "is_glob",
+    "iter_rows",
+    "materialize_images",
+    "write_jsonl",
+    "write_records",
+    "write_records_table",
+]
+
+GLOB_CHARS = "*?["
 
 
-@dataclass
-class RawRow:
-    file: str
-    row: int  # 0-based index within `file`
-    data: dict[str, Any] | None
-    error: str | None = None  # set when the row could not be parsed at all
+def is_glob(path: str | Path) -> bool:
+    return any(c in str(path) for c in GLOB_CHARS)
 
 
 def data_files(path: str | Path) -> list[Path]:
-    """The data files under ``path`` (a file, or a folder searched recursively), in sorted order."""
+    """The data files under ``path`` (a file, a folder searched recursively, or a glob), sorted."""
+    if is_glob(path):
+        files = sorted(Path(f) for f in glob.glob(str(path), recursive=True)
+                       if os.path.isfile(f) and suffix_of(f) in SUPPORTED_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"{path}: the pattern matches no {'/'.join(SUPPORTED_SUFFIXES)} files")
+        return files
     p = Path(path)
     if p.is_file():
-        if p.suffix.lower() not in SUPPORTED_SUFFIXES:
+        if suffix_of(str(p)) not in SUPPORTED_SUFFIXES:
             raise ValueError(f"{p}: unsupported file type {p.suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED_SUFFIXES)
+        files = sorted(f for f in p.rglob("*") if f.is_file() and suffix_of(str(f)) in SUPPORTED_SUFFIXES
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
         if not files:
             raise ValueError(f"{p}: folder holds no {'/'.join(SUPPORTED_SUFFIXES)} files")
         return files
     raise FileNotFoundError(f"{p}: no such file or folder")
 
 
-def _jsonl_rows(f: Path) -> Iterator[RawRow]:
-    with f.open("r", encoding="utf-8") as fh:
-        row = 0
-        for line in fh:
-            if not line.strip():
-                continue  # blank lines are not rows (editors add a trailing one)
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield RawRow(str(f), row, None, f"invalid JSON: {exc.msg} at column {exc.colno}")
-            else:
-                yield _as_row(f, row, obj)
-            row += 1
-
-
-def _json_rows(f: Path) -> Iterator[RawRow]:
-    try:
-        obj = json.loads(f.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        yield RawRow(str(f), 0, None, f"invalid JSON file: {exc.msg} at line {exc.lineno}")
-        return
-    if isinstance(obj, dict) and isinstance(obj.get("data"), list):
-        obj = obj["data"]  # {"data": [...]} wrappers are common in released JSON dumps
-    items = obj if isinstance(obj, list) else [obj]
-    for i, item in enumerate(items):
-        yield _as_row(f, i, item)
-
-
-def _parquet_rows(f: Path, batch_size: int = 1024) -> Iterator[RawRow]:
-    import pyarrow.parquet as pq
-
-    row = 0
-    for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size):
-        for item in batch.to_pylist():
-            yield _as_row(f, row, item)
-            row += 1
-
-
-def _as_row(f: Path, row: int, obj: Any) -> RawRow:
-    if not isinstance(obj, dict):
-        return RawRow(str(f), row, None, f"row is a {type(obj).__name__}, expected a JSON object")
-    return RawRow(str(f), row, obj)
-
-
-_READERS = {".jsonl": _jsonl_rows, ".json": _json_rows, ".parquet": _parquet_rows}
-
-
 def iter_rows(path: str | Path) -> Iterator[RawRow]:
-    """Every row of every data file under ``path``."""
+    """Every row of every data file under ``path`` (see :mod:`vlalign.data.rows`)."""
     for f in data_files(path):
-        yield from _READERS[f.suffix.lower()](f)
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:80] or "img"
+        yield from iter_file_rows(str(f))
 
 
 def materialize_images(rec: Record, out_dir: Path, images_subdir: str = "images") -> Record:
-    """Write in-memory image bytes to ``out_dir/images/`` and point the record at them (relative paths).
+    """Write in-memory image bytes to ``out_dir/images/<sha256>.<ext>`` and point the record at them.
 
     Path references become paths relative to ``out_dir`` so the written JSONL resolves them against its
-    own folder, as the canonical format specifies.
+    own folder, as the canonical format specifies. The caller's record is left untouched.
     """
     refs: list[Any] = []
-    for k, ref in enumerate(rec.images):
-        if isinstance(ref, dict):
-            ref = ref.get("bytes") or ref.get("path")
-        if isinstance(ref, (bytes, bytearray)):
-            name = f"{_safe_name(rec.id)}-{k}.{image_extension(bytes(ref))}"
+    for ref in rec.images:
+        norm = normalize_ref(ref)
+        if isinstance(norm, bytes):
+            name = content_name(norm)
             target = out_dir / images_subdir / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(bytes(ref))
+            if not target.is_file():  # same content → same name: written once
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_suffix(target.suffix + f".tmp{os.getpid()}")
+                tmp.write_bytes(norm)
+                tmp.replace(target)
             refs.append(f"{images_subdir}/{name}")
         else:
-            p = Path(str(ref))
+            p = Path(str(norm))
             try:
                 refs.append(str(p.resolve().relative_to(out_dir.resolve())))
             except ValueError:
                 refs.append(os.path.relpath(p.resolve(), out_dir.resolve()))
-    return dataclasses.replace(rec, images=refs)  # the caller's record is left untouched
+    return dataclasses.replace(rec, images=refs)
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
@@ -147,4 +115,57 @@ def write_records(records: Iterable[Record], out_dir: str | Path, filename: str 
     out.mkdir(parents=True, exist_ok=True)
     target = out / filename
     write_jsonl((to_dict(materialize_images(r, out)) for r in records), target)
+    return target
+
+
+# Free-form fields whose shape differs from row to row: stored as JSON text in Arrow tables (the canonical
+# adapter reads them back), so one table holds every row whatever its metadata.
+JSON_TEXT_FIELDS = ("meta", "ratings", "conversation", "safety", "rejected_segments", "chosen_segments")
+TABLE_FEATURES = datasets.Features({
+    "id": datasets.Value("string"),
+    "images": datasets.List(datasets.Image()),
+    "prompt": datasets.Value("string"),
+    "reference": datasets.Value("string"),
+    "chosen": datasets.Value("string"),
+    "rejected": datasets.Value("string"),
+    "completion": datasets.Value("string"),
+    "label": datasets.Value("bool"),
+    "responses": datasets.List(datasets.Value("string")),
+    "scores": datasets.List(datasets.Value("float64")),
+    "margin": datasets.Value("float64"),
+    **{k: datasets.Value("string") for k in JSON_TEXT_FIELDS},
+})
+
+
+def table_row(rec: Record) -> dict[str, Any]:
+    """A record as a row of :data:`TABLE_FEATURES`: images embedded as bytes, free-form fields as JSON."""
+    row = dict.fromkeys(TABLE_FEATURES)
+    row.update(to_dict(rec))
+    for key in JSON_TEXT_FIELDS:
+        row[key] = None if row[key] is None else json.dumps(row[key], ensure_ascii=True)
+    images = []
+    for ref in rec.images:
+        norm = normalize_ref(ref)
+        images.append({"bytes": norm if isinstance(norm, bytes) else Path(norm).read_bytes(), "path": None})
+    row["images"] = images
+    return row
+
+
+def _table_rows(records: Iterable[Record]) -> Iterator[dict[str, Any]]:
+    yield from (table_row(r) for r in records)
+
+
+def write_records_table(records: Iterable[Record], target: str | Path, layout: str) -> Path:
+    """Records → a self-contained Parquet file (``layout="parquet"``) or ``save_to_disk`` folder
+    (``layout="disk"``), images embedded as ``datasets.Image`` bytes; reloadable by ``load_records``.
+    Rows stream through an Arrow file, so memory does not grow with the number of records."""
+    if layout not in ("parquet", "disk"):
+        raise ValueError(f"unknown layout {layout!r}; use parquet or disk")
+    ds = datasets.Dataset.from_generator(_table_rows, gen_kwargs={"records": records}, features=TABLE_FEATURES)
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if layout == "parquet":
+        ds.to_parquet(str(target))
+    else:
+        ds.save_to_disk(str(target))
     return target

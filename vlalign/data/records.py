@@ -5,6 +5,13 @@ One JSON object per line (JSONL) on disk, so any split loads with
 record: a path (relative paths resolve against the file's folder), raw bytes, or the HF ``datasets``
 Image struct ``{"bytes": ..., "path": ...}``; :func:`vlalign.data.images.open_image` opens all three.
 
+Conversations: every record may carry ``conversation``, the turns that come BEFORE the answer being
+trained or judged, as normalised messages ``{"role": "system"|"user"|"assistant", "content": [parts]}``
+with parts ``{"type": "text", "text": ...}`` or ``{"type": "image"}`` (the k-th image part is
+``images[k]``; see :mod:`vlalign.data.messages`). ``prompt`` is then the text of the last user turn, kept
+for judges and reports. ``conversation`` is None for the common single-turn row (images first, then the
+prompt), so such rows read exactly as before.
+
 Record kinds (the ``kind`` of a file is implied by which of these it holds):
 - :class:`PromptRecord`     — image(s) + prompt, optional reference answer and ground truth (SFT, RL, eval).
 - :class:`PreferenceRecord` — image(s) + prompt + chosen/rejected; optional RLHF-V segment corrections,
@@ -60,6 +67,7 @@ class PromptRecord:
     prompt: str
     reference: str | None = None  # reference answer (SFT target), if any
     meta: dict[str, Any] = field(default_factory=dict)  # ground truth, task, split, harm labels ...
+    conversation: list[dict[str, Any]] | None = None  # earlier turns + the last user turn (see above)
 
 
 @dataclass
@@ -77,6 +85,7 @@ class PreferenceRecord:
     safety: SafetyLabels | None = None
     margin: float | None = None  # optional preference strength (reward-model margin)
     meta: dict[str, Any] = field(default_factory=dict)
+    conversation: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -87,6 +96,7 @@ class RankedRecord:
     responses: list[str]  # best first
     scores: list[float] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    conversation: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -97,6 +107,7 @@ class UnpairedRecord:
     completion: str
     label: bool  # True = desirable
     meta: dict[str, Any] = field(default_factory=dict)
+    conversation: list[dict[str, Any]] | None = None
 
 
 Record = PromptRecord | PreferenceRecord | RankedRecord | UnpairedRecord

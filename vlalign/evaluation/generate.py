@@ -39,6 +39,39 @@ def _stack_images(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {k: torch.cat([it[k] for it in items if k in it], dim=0) for k in keys}
 
 
+def encode_records(processor: Any, records: Sequence[Any], cfg: GenerationConfig,
+                   base_dir: str | None = None) -> list[tuple[list[int], dict[str, Any]]]:
+    """Each record's prompt through the chat template, with its images: [(prompt ids, image tensors)]."""
+    from vlalign.data.collate import CollateConfig, encode_prompt
+
+    ccfg = CollateConfig(max_pixels=cfg.max_pixels, base_dir=base_dir)
+    return [encode_prompt(processor, rec, ccfg) for rec in records]
+
+
+def encode_conversation(processor: Any, images: Sequence[Any], turns: Sequence[str], cfg: GenerationConfig,
+                        base_dir: str | None = None) -> tuple[list[int], dict[str, Any]]:
+    """A multi-turn chat (user, assistant, user, ...; ``turns`` alternate, starting and ending with the
+    user) with the images in the first user turn → (prompt ids, image tensors), ready to generate the
+    next assistant turn. Used by the sycophancy probe ("Are you sure?" after the model's answer)."""
+    from vlalign.data.images import open_image
+    from vlalign.models.chat import user_message
+
+    if len(turns) % 2 != 1:
+        raise ValueError(f"a conversation to answer has an odd number of turns (user first and last), got {len(turns)}")
+    messages = [user_message(turns[0], len(images))]
+    for k, text in enumerate(turns[1:]):
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": text}]} if k % 2 == 0
+                        else user_message(text, 0))
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+    if images:
+        kwargs["images"] = [[open_image(ref, base_dir, cfg.max_pixels) for ref in images]]
+    out = processor(**kwargs)
+    from vlalign.data.collate import IMAGE_KEYS
+
+    return out["input_ids"][0].tolist(), {k: out[k] for k in IMAGE_KEYS if k in out and out[k] is not None}
+
+
 def generate_token_ids(
     model: Any,
     processor: Any,
@@ -52,18 +85,23 @@ def generate_token_ids(
     Prompts are encoded once each, grouped into batches of similar length (less left padding) and
     generated with ``use_cache=True``. ``seed`` seeds sampling when ``cfg.do_sample`` is true.
     """
+    if not records:
+        return []
+    return generate_from_encoded(model, processor, encode_records(processor, records, cfg, base_dir), cfg, seed)
+
+
+def generate_from_encoded(model: Any, processor: Any, encoded: Sequence[tuple[list[int], dict[str, Any]]],
+                          cfg: GenerationConfig, seed: int | None = None) -> list[list[int]]:
+    """:func:`generate_token_ids` on prompts already encoded (e.g. multi-turn ones)."""
     import torch
 
-    from vlalign.data.collate import CollateConfig, encode_prompt
     from vlalign.rollout.generate import eos_token_ids, left_pad, trim_response
 
-    if not records:
+    if not encoded:
         return []
     tok = getattr(processor, "tokenizer", processor)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ccfg = CollateConfig(max_pixels=cfg.max_pixels, base_dir=base_dir)
-    encoded = [encode_prompt(processor, rec, ccfg) for rec in records]  # [(prompt_ids, image tensors)]
-    order = sorted(range(len(records)), key=lambda i: len(encoded[i][0]))
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     eos = eos_token_ids(model, tok)
     device = next(model.parameters()).device
     sample_kw: dict[str, Any] = (
@@ -73,7 +111,7 @@ def generate_token_ids(
     )
     if cfg.do_sample and seed is not None:
         torch.manual_seed(seed)
-    out: list[list[int]] = [[] for _ in records]
+    out: list[list[int]] = [[] for _ in encoded]
     was_training = model.training
     model.eval()
     try:
@@ -95,6 +133,55 @@ def generate_token_ids(
     finally:
         model.train(was_training)
     return out
+
+
+def decode(processor: Any, ids: Sequence[list[int]]) -> list[str]:
+    """Token ids → text (special tokens dropped, stripped)."""
+    tok = getattr(processor, "tokenizer", processor)
+    return [tok.decode(t, skip_special_tokens=True).strip() for t in ids]
+
+
+def first_token_ids(processor: Any, words: Sequence[str]) -> list[int]:
+    """The first token id of each word as it starts an answer (``"Yes"`` → one id per spelling)."""
+    tok = getattr(processor, "tokenizer", processor)
+    return [tok.encode(w, add_special_tokens=False)[0] for w in words]
+
+
+def next_token_choice_probs(model: Any, processor: Any, encoded: Sequence[tuple[list[int], dict[str, Any]]],
+                            groups: Sequence[Sequence[int]], batch_size: int = 32) -> Any:
+    """(N, G) probability of each group of first tokens, renormalised over the groups.
+
+    For yes/no probes ``groups = [ids of "Yes"/"yes", ids of "No"/"no"]``: P(yes) = Σ p(yes ids) /
+    (Σ p(yes ids) + Σ p(no ids)) from the next-token distribution right where the answer starts —
+    the answer-token probability calibration is measured on. A token that appears in two groups is
+    an error (the groups could not be told apart)."""
+    import torch
+
+    from vlalign.rollout.generate import left_pad
+
+    flat = [t for g in groups for t in g]
+    if len(set(flat)) != len(flat):
+        raise ValueError(f"answer groups share a first token ({groups}); pick spellings that start differently")
+    tok = getattr(processor, "tokenizer", processor)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    device = next(model.parameters()).device
+    rows = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start : start + batch_size]
+            ids, mask = left_pad([e[0] for e in chunk], pad_id)  # (B, P), (B, P)
+            images = _stack_images([e[1] for e in chunk])
+            with torch.no_grad():
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                               **{k: v.to(device) for k, v in images.items()}).logits[:, -1]  # (B, V)
+            probs = torch.softmax(logits.float(), dim=-1)  # (B, V)
+            mass = torch.stack([probs[:, list(g)].sum(-1) for g in groups], dim=-1)  # (B, G)
+            rows.append((mass / mass.sum(-1, keepdim=True).clamp_min(1e-30)).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(rows) if rows else torch.zeros(0, len(groups))
 
 
 def generate_answers(
@@ -122,7 +209,5 @@ def generate_answers(
                 keys[key] = len(uniq_records)
                 uniq_records.append(rec)
             back.append(keys[key])
-    tok = getattr(processor, "tokenizer", processor)
-    ids = generate_token_ids(model, processor, uniq_records, cfg, base_dir, seed)
-    texts = [tok.decode(t, skip_special_tokens=True).strip() for t in ids]
+    texts = decode(processor, generate_token_ids(model, processor, uniq_records, cfg, base_dir, seed))
     return [texts[j] for j in back]

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vlalign.evaluation.stats import STATISTICS, Interval, bootstrap_ci, paired_bootstrap_diff
+from vlalign.evaluation.stats import Interval, bootstrap_ci, ensure_statistic, paired_bootstrap_diff
 
 ITEMS_FILE = "items.json"
 
@@ -30,7 +30,7 @@ class ItemValues:
     ids: list[str]
 
     def __post_init__(self) -> None:
-        STATISTICS.get(self.stat)  # unknown statistic: fail where the metric is defined
+        ensure_statistic(self.stat)  # unknown statistic: fail where the metric is defined
         if any(len(a) != len(self.ids) for a in self.arrays):
             raise ValueError(f"ItemValues({self.stat}): every array needs one value per id ({len(self.ids)})")
 
@@ -39,7 +39,7 @@ class ItemValues:
 
         if not self.ids:
             return float("nan")
-        return float(STATISTICS.get(self.stat)(*[np.asarray(a, dtype=float)[None, :] for a in self.arrays])[0])
+        return float(ensure_statistic(self.stat)(*[np.asarray(a, dtype=float)[None, :] for a in self.arrays])[0])
 
     def aligned_to(self, ids: Sequence[str]) -> ItemValues:
         """The same metric restricted to / reordered by ``ids`` (all must be present)."""
@@ -62,20 +62,42 @@ def chair_items(ids: Sequence[str], hallucinated: Sequence[int], mentioned: Sequ
     }
 
 
+def binary_items(ids: Sequence[str], predicted: Sequence[float], actual: Sequence[float],
+                 names: Mapping[str, str]) -> dict[str, ItemValues]:
+    """Per item 0/1 "predicted positive" and "actually positive" → accuracy, precision, recall, F1 and the
+    predicted-positive ratio, under the metric names given in ``names`` (keys among ``accuracy``,
+    ``precision``, ``recall``, ``f1``, ``yes_ratio``). An unparsed answer is passed as predicted 0: a
+    false negative on a positive item. Example: predicted [1, 1, 0], actual [1, 0, 1] → TP 1, FP 1,
+    FN 1: precision 1/2, recall 1/2, F1 2·1/(2·1+1+1) = 0.5, accuracy 1/3."""
+    ids = list(ids)
+    tp = [p * t for p, t in zip(predicted, actual)]
+    fp = [p * (1 - t) for p, t in zip(predicted, actual)]
+    fn = [(1 - p) * t for p, t in zip(predicted, actual)]
+    arrays = {
+        "accuracy": ("mean", [[float(p == t) for p, t in zip(predicted, actual)]]),
+        "precision": ("ratio", [tp, [a + b for a, b in zip(tp, fp)]]),
+        "recall": ("ratio", [tp, [a + b for a, b in zip(tp, fn)]]),
+        "f1": ("f1", [tp, fp, fn]),
+        "yes_ratio": ("mean", [list(map(float, predicted))]),
+    }
+    return {name: ItemValues(arrays[key][0], [list(map(float, a)) for a in arrays[key][1]], ids)
+            for key, name in names.items()}
+
+
 def pope_items(ids: Sequence[str], predictions: Sequence[str | None], labels: Sequence[str],
-               prefix: str = "pope") -> dict[str, ItemValues]:
-    """Per probe indicators → F1, accuracy and yes-ratio (an unparsed answer is wrong and not a "yes")."""
+               prefix: str = "pope", f1_name: str = "f1") -> dict[str, ItemValues]:
+    """Per probe indicators → F1, accuracy, precision, recall, yes-ratio and unparsed ratio (an unparsed
+    answer is wrong and not a "yes")."""
     ids = list(ids)
     yes = [float(p == "yes") for p in predictions]
     pos = [float(lab == "yes") for lab in labels]
-    correct = [float(p == lab) for p, lab in zip(predictions, labels)]
-    return {
-        f"{prefix}_f1": ItemValues("f1", [
-            [y * t for y, t in zip(yes, pos)], [y * (1 - t) for y, t in zip(yes, pos)],
-            [(1 - y) * t for y, t in zip(yes, pos)]], ids),
-        f"{prefix}_accuracy": ItemValues("mean", [correct], ids),
-        f"{prefix}_yes_ratio": ItemValues("mean", [yes], ids),
-    }
+    names = {k: f"{prefix}_{k}" for k in ("precision", "recall", "yes_ratio")}
+    names["f1"] = f"{prefix}_{f1_name}"
+    out = binary_items(ids, yes, pos, names)
+    # accuracy from the predictions themselves: an unparsed answer to a "no" probe is wrong, not right
+    out[f"{prefix}_accuracy"] = ItemValues("mean", [[float(p == lab) for p, lab in zip(predictions, labels)]], ids)
+    out[f"{prefix}_unparsed_ratio"] = ItemValues("mean", [[float(p is None) for p in predictions]], ids)
+    return out
 
 
 def rate_items(ids: Sequence[str], hits: Sequence[float]) -> ItemValues:

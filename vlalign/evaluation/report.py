@@ -182,16 +182,28 @@ def relative_change(before: float, after: float) -> float:
     return (after - before) / abs(before)
 
 
+def fmt_interval(value: Any, ci: Mapping[str, Any] | None) -> str:
+    """``0.172 [0.151, 0.195]`` when a 95% interval (a dict with ``low``/``high``) is given, else the value."""
+    if not ci:
+        return fmt_value(value)
+    return f"{fmt_value(value)} [{fmt_value(ci.get('low'))}, {fmt_value(ci.get('high'))}]"
+
+
 def metrics_table(
-    groups: Mapping[str, Mapping[str, Any]], keys: Sequence[str], baseline: str | None = None
+    groups: Mapping[str, Mapping[str, Any]], keys: Sequence[str], baseline: str | None = None,
+    intervals: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> list[list[str]]:
-    """Rows ``[metric, g1, g2, ...]`` (+ a "Δ vs baseline" column per other group when asked)."""
+    """Rows ``[metric, g1, g2, ...]`` (+ a "Δ vs baseline" column per other group when asked).
+
+    ``intervals`` (group → metric → ``{"low", "high", ...}``, e.g. each run's ``metrics.json``
+    "intervals") puts each value's 95% interval beside it."""
     names = list(groups)
+    intervals = intervals or {}
     others = [n for n in names if baseline is not None and n != baseline]
     header = ["metric", *names, *[f"{n} vs {baseline}" for n in others]]
     rows = [header]
     for key in keys:
-        row = [key, *[fmt_value(groups[n].get(key)) for n in names]]
+        row = [key, *[fmt_interval(groups[n].get(key), intervals.get(n, {}).get(key)) for n in names]]
         for n in others:
             rc = relative_change(_as_float(groups[baseline].get(key)), _as_float(groups[n].get(key)))
             row.append("–" if math.isnan(rc) else f"{rc:+.1%}")

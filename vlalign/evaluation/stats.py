@@ -54,6 +54,31 @@ def f1_stat(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
     return np.divide(2 * t, den, out=np.zeros_like(t, dtype=float), where=den != 0)
 
 
+def ece_statistic(n_bins: int) -> Statistic:
+    """Expected calibration error with ``n_bins`` equal-width confidence bins ((b−1)/M, b/M] (Guo et al.
+    2017): ECE = Σ_b (n_b / n)·|acc_b − conf_b| = Σ_b |Σ_{i∈b} (correct_i − confidence_i)| / n.
+
+    Arguments: per-item confidence of the chosen answer and 0/1 correctness. Example (M = 10):
+    confidences [0.95, 0.85, 0.75], correct [1, 1, 0] → (0.05 + 0.15 + 0.75) / 3 = 0.3167."""
+
+    def ece(confidence: np.ndarray, correct: np.ndarray) -> np.ndarray:
+        bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)  # (R, n)
+        gap = correct - confidence  # (R, n)
+        total = np.zeros(confidence.shape[:-1])
+        for b in range(n_bins):
+            total += np.abs(np.where(bins == b, gap, 0.0).sum(axis=-1))
+        return total / max(confidence.shape[-1], 1)
+
+    return ece
+
+
+def ensure_statistic(name: str) -> Statistic:
+    """:data:`STATISTICS`[name], registering ``ece_<M>`` (M bins) on first use."""
+    if name not in STATISTICS and name.startswith("ece_") and name[4:].isdigit():
+        STATISTICS.register(name)(ece_statistic(int(name[4:])))
+    return STATISTICS.get(name)
+
+
 @dataclass(frozen=True)
 class Interval:
     """A point estimate with its two-sided ``level`` confidence interval [low, high] over ``n`` items."""
@@ -108,7 +133,7 @@ def bootstrap_ci(stat: Statistic | str, *arrays: Sequence[float] | np.ndarray, n
 
     Example: hits [1, 0, 1, 1] → ``bootstrap_ci("mean", hits)`` has value 0.75 and an interval inside
     [0, 1]. With no items the value and bounds are NaN (nothing was measured)."""
-    fn = STATISTICS.get(stat) if isinstance(stat, str) else stat
+    fn = ensure_statistic(stat) if isinstance(stat, str) else stat
     arrs = _as_arrays(arrays)
     n = arrs[0].shape[0]
     if n == 0:
@@ -125,7 +150,7 @@ def paired_bootstrap_diff(stat: Statistic | str, arrays_a: Sequence[Sequence[flo
 
     One set of resampled item indices serves both models in every replicate, so the interval is that of
     the paired difference. Items must be aligned by the caller (same order, same length)."""
-    fn = STATISTICS.get(stat) if isinstance(stat, str) else stat
+    fn = ensure_statistic(stat) if isinstance(stat, str) else stat
     a, b = _as_arrays(arrays_a), _as_arrays(arrays_b)
     if a[0].shape != b[0].shape:
         raise ValueError(f"paired comparison needs the same items: A has {a[0].shape[0]}, B has {b[0].shape[0]}")

@@ -227,7 +227,11 @@ def answer_scores(recs: Sequence[Any], reward: dict[str, Any], cost: dict[str, A
     with its per-prompt values."""
 
     def extra(model: Any, processor: Any, ctx: Any) -> dict[str, float]:
-        answers = [row["answer"] for row in ctx.answers["safety"]]
+        # The safety task answers the text prompts first, then (when the folder has them) the image prompts.
+        rows = ctx.answers["safety"][: len(recs)]
+        if [row["id"] for row in rows] != [r.id for r in recs]:
+            raise RuntimeError("the safety task's answers are not in the order of safety_prompts_eval.jsonl")
+        answers = [row["answer"] for row in rows]
         samples = [Sample(list(r.images), r.prompt, a, {**r.meta, "reference": r.reference}) for r, a in zip(recs, answers, strict=True)]
         rewards = build_source(reward).score(samples).rewards  # (N,)
         costs = build_source(cost).score(samples).rewards  # (N,)

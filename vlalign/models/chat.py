@@ -38,14 +38,38 @@ def build_prompt(processor: Any, prompt: str, num_images: int) -> str:
     )
 
 
+def render(processor: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    """A whole conversation through the family's chat template (turns, roles and image placeholders
+    where the messages put them), optionally ending with the assistant's generation prompt."""
+    return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+
+def assistant_turn(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def turn_end(processor: Any, messages: list[dict[str, Any]], upto: int) -> str:
+    """Text of ``messages[:upto + 1]`` (ending with assistant turn ``upto``) through its end-of-turn
+    marker, without what the template writes after it (a newline before the next turn)."""
+    full = render(processor, messages[: upto + 1], add_generation_prompt=False)
+    suffix = response_suffix(processor)
+    cut = full.rfind(suffix) if suffix else -1
+    return full[: cut + len(suffix)] if cut >= 0 else full.rstrip()
+
+
 def response_suffix(processor: Any) -> str:
     """Text that closes an assistant turn (end-of-turn / eos token) to append after a response.
 
     Found by rendering a conversation with a sentinel response and reading what follows it, so the
     suffix is whatever the family's template writes (``</s>``, ``<|im_end|>``, ``<end_of_utterance>``).
     Trailing whitespace after the end token is dropped: the model should learn to stop, not to
-    print a newline. If the template writes nothing, the tokenizer's eos token is used.
+    print a newline. If the template writes nothing, the tokenizer's eos token is used. Remembered on
+    the processor per chat template (it is needed for every response of every row).
     """
+    template = getattr(processor, "chat_template", None)
+    cached = getattr(processor, "_vlalign_response_suffix", None)
+    if cached is not None and cached[0] == template:
+        return cached[1]
     text = processor.apply_chat_template(
         [user_message("x", 0), {"role": "assistant", "content": [{"type": "text", "text": _SENTINEL}]}],
         add_generation_prompt=False,
@@ -53,8 +77,12 @@ def response_suffix(processor: Any) -> str:
     )
     if _SENTINEL not in text:
         raise ValueError("the chat template does not render assistant turns; set model.chat_template")
-    suffix = text.split(_SENTINEL, 1)[1].rstrip()
-    return suffix or (tokenizer_of(processor).eos_token or "")
+    suffix = text.split(_SENTINEL, 1)[1].rstrip() or (tokenizer_of(processor).eos_token or "")
+    try:
+        processor._vlalign_response_suffix = (template, suffix)
+    except AttributeError:  # a processor that takes no new attributes: computed each time
+        pass
+    return suffix
 
 
 def check_prompt_prefix(processor: Any) -> bool:

@@ -11,22 +11,28 @@ import typer
 def tiny_model(
     out: Annotated[Path, typer.Option("--out", "-o", help="directory to save the model + processor into")],
     family: Annotated[str, typer.Option("--family", "-f", help="llava | qwen2_vl | idefics3 (alias smolvlm)")] = "llava",
-    size: Annotated[str, typer.Option("--size", help="tiny (seconds, <1M params) | small (~20-60M, benchmarks)")] = "tiny",
+    size: Annotated[str, typer.Option(
+        "--size", help="tiny (seconds, <1M params) | small (~30M) | bench-mini (a 2B checkpoint's FLOP balance and "
+        "image tokens; llava, qwen2_vl) | bench-vocab (the real vocabulary; llava, qwen2_vl)")] = "tiny",
     seed: Annotated[int, typer.Option("--seed", help="seed of the random initialisation")] = 0,
 ) -> None:
     """Build a randomly initialised model (+ tokenizer, image processor, chat template) and save it."""
     from vlalign.cli_common import fail, offline_by_default
 
     offline_by_default()
-    from vlalign.models.tiny import TINY_FAMILIES, TINY_SIZES, build_tiny
+    from vlalign.models.tiny import TINY_FAMILIES, build_tiny, size_names, size_spec
 
     if family not in TINY_FAMILIES:
         try:
             TINY_FAMILIES.get(family)
         except KeyError as exc:
             fail(str(exc.args[0]))
-    if size not in TINY_SIZES:
-        fail(f"unknown --size {size!r}; choose one of {', '.join(TINY_SIZES)}")
+    if size not in size_names():
+        fail(f"unknown --size {size!r}; choose one of {', '.join(size_names())}")
+    try:
+        size_spec(family, size)
+    except KeyError as exc:
+        fail(str(exc.args[0]))
     path = build_tiny(family, out, size=size, seed=seed)
     import json
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from vlalign.models.logprobs import _check_mask, project_logits, scatter_tokens, token_logprobs_and_entropy
+from vlalign.models.logprobs import _check_mask, head_logprobs, scatter_tokens
 from vlalign.models.shared_prefix import (
     PAIR_POSITIONS,
     SharedPrefixError,
@@ -104,7 +104,7 @@ def group_logprobs(
     predicts = mask[:, 1:]  # (N, T-1): the hidden state at t-1 predicts token t
     selected = hidden.reshape(G * hidden.shape[1], -1)[hidden_at[:, :-1][predicts]]  # (M, H)
     targets = input_ids[:, 1:][predicts]  # (M,)
-    token_logp, entropy = token_logprobs_and_entropy(project_logits(model, selected, temperature), targets)
+    token_logp, entropy = head_logprobs(model, selected, targets, temperature, return_entropy)
     result: tuple[torch.Tensor, ...] = (scatter_tokens(token_logp, predicts), mask.float())
     if return_entropy:
         result = (*result, scatter_tokens(entropy, predicts))

@@ -3,7 +3,8 @@
 WHY: in preference and RL training only the response tokens are scored, and in VLM data the prompt
 (image tokens included) is most of the sequence. Full logits cost B*T*V floats (and as much again for
 their log-softmax and its gradient); projecting only the hidden states that predict a response token
-cuts that to N*V with N = number of response tokens. Everything a trainer needs (policy, reference,
+cuts that to N*V with N = number of response tokens, and the chunked output layer
+(:mod:`vlalign.models.chunked_head`) keeps only one chunk of those N*V at a time, backward included. Everything a trainer needs (policy, reference,
 old policy, entropy for RL) goes through this one function, so the masking rule lives in one place:
 
     logps[b, t] = log p(input_ids[b, t] | input_ids[b, :t])   where response_mask[b, t]
@@ -16,6 +17,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from vlalign.models.chunked_head import chunked_head_logprobs, plain_linear_head
 
 
 def unwrap_model(model: Any) -> Any:
@@ -62,6 +65,22 @@ def token_logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor) -> t
     token_logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N,)
     entropy = -(logp_all.exp() * logp_all).sum(-1)  # (N,)
     return token_logp, entropy
+
+
+def head_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                  with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(target) (N,) and entropy (N,) of the output layer applied to ``hidden`` (N, H).
+
+    A plain ``nn.Linear`` head goes through :func:`vlalign.models.chunked_head.chunked_head_logprobs`
+    (never more than one chunk of logits in memory, forward or backward); any other head (LoRA on the
+    head, quantised, hooked) through the full (N, V) logits. Entropy is zeros unless ``with_entropy``.
+    """
+    head = unwrap_model(model).get_output_embeddings()
+    if plain_linear_head(head):
+        return chunked_head_logprobs(head, hidden, targets, temperature=temperature, softcap=_softcap(model),
+                                     with_entropy=with_entropy)
+    token_logp, entropy = token_logprobs_and_entropy(project_logits(model, hidden, temperature), targets)
+    return token_logp, entropy if with_entropy else torch.zeros_like(entropy)
 
 
 def _check_mask(input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -111,8 +130,7 @@ def response_logprobs(
     predicts = mask[:, 1:]  # (B, T-1): hidden state at t-1 predicts token t
     selected = hidden[:, :-1][predicts]  # (N, H)
     targets = input_ids[:, 1:][predicts]  # (N,)
-    logits = project_logits(model, selected, temperature)  # (N, V)
-    token_logp, entropy = token_logprobs_and_entropy(logits, targets)  # (N,), (N,)
+    token_logp, entropy = head_logprobs(model, selected, targets, temperature, return_entropy)  # (N,), (N,)
 
     out: tuple[torch.Tensor, ...] = (scatter_tokens(token_logp, predicts), mask.float())
     if return_entropy:

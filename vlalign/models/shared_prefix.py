@@ -33,10 +33,9 @@ import torch
 from vlalign.data.collate import IMAGE_KEYS
 from vlalign.models.logprobs import (
     _check_mask,
-    project_logits,
+    head_logprobs,
     response_logprobs,
     scatter_tokens,
-    token_logprobs_and_entropy,
     unwrap_model,
 )
 from vlalign.registry import Registry
@@ -260,7 +259,7 @@ def shared_prefix_logprobs(model: Any, inputs: dict[str, Any], response_mask: to
     predicts = mask[:, 1:]  # (N, T-1): batched hidden at t-1 predicts token t
     selected = hidden.reshape(B * S, -1)[hidden_at[:, :-1][predicts]]  # (M, H)
     targets = input_ids[:, 1:][predicts]  # (M,)
-    token_logp, _ = token_logprobs_and_entropy(project_logits(model, selected), targets)  # (M,)
+    token_logp, _ = head_logprobs(model, selected, targets)  # (M,)
     return scatter_tokens(token_logp, predicts), mask.float()
 
 

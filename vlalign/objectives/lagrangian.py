@@ -94,3 +94,17 @@ def safe_rlhf_advantages(
     if lam_t.numel() != 1 or float(lam_t) < 0:
         raise ValueError(f"safe_rlhf_advantages: lam must be a scalar >= 0, got {lam_t.tolist()}")
     return (reward_advantages - lam_t * cost_advantages) / (1.0 + lam_t)
+
+
+def fixed_penalty_advantages(
+    reward_advantages: torch.Tensor, cost_advantages: torch.Tensor, coef: float
+) -> torch.Tensor:
+    """Advantage of the fixed cost penalty r − c·cost (no Lagrangian): GAE is linear in the rewards and
+    the critics, so GAE(r − c·cost, V_r − c·V_c) = A_r − c·A_c. The penalty never adapts: too small a c
+    leaves the constraint violated, too large a c costs reward it did not need to (the trade-off the
+    Lagrangian searches for). Same shape as the inputs."""
+    check_same_shape("fixed_penalty_advantages", reward_advantages=reward_advantages,
+                     cost_advantages=cost_advantages)
+    if not coef >= 0:
+        raise ValueError(f"fixed_penalty_advantages: coef must be >= 0, got {coef}")
+    return reward_advantages - coef * cost_advantages

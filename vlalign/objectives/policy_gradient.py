@@ -115,6 +115,7 @@ def ppo_policy_loss(
     kl_coef: float = 0.0,
     kl_kind: str = "k3",
     denominator: float | torch.Tensor | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> PolicyLossOutput:
     """PPO clipped surrogate (Schulman et al. 2017, "Proximal Policy Optimization Algorithms"), per
     token with ρ = exp(log π − log π_old):
@@ -125,7 +126,9 @@ def ppo_policy_loss(
         + kl_coef·KL_kind(π ‖ π_ref)       (GRPO's in-loss KL, when ``ref_logprobs`` is given)
 
     then reduced with ``aggregation`` (see PG_LOSS_AGGREGATIONS; ``denominator`` = the global count of
-    its unit when one optimizer step spans micro-batches or processes). ε_low = ε_high = ``clip_eps``
+    its unit when one optimizer step spans micro-batches or processes). ``token_weights`` (B, T), when
+    given, multiply each token's loss (detached): the off-policy correction of replayed samples, see
+    :func:`truncated_importance_weights`. ε_low = ε_high = ``clip_eps``
     unless given (DAPO's asymmetric "clip-higher", Yu et al. 2025). At ρ = 1 the gradient equals the
     vanilla policy gradient −A·∇log π. The log-ratio is clamped to ±20 before exp().
     All token inputs (B, T).
@@ -134,7 +137,7 @@ def ppo_policy_loss(
     check_ndim(fn, 2, logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask,
                ref_logprobs=ref_logprobs)
     check_same_shape(fn, logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask,
-                     ref_logprobs=ref_logprobs)
+                     ref_logprobs=ref_logprobs, token_weights=token_weights)
     low = clip_eps if clip_eps_low is None else clip_eps_low
     high = clip_eps if clip_eps_high is None else clip_eps_high
     if not (0 <= low < 1 and high >= 0):
@@ -159,6 +162,8 @@ def ppo_policy_loss(
         loss_tok = loss_tok + kl_coef * kl_tok
     elif kl_coef and ref_logprobs is None:
         raise ValueError(f"{fn}: kl_coef={kl_coef} needs ref_logprobs (B, T)")
+    if token_weights is not None:
+        loss_tok = loss_tok * token_weights.detach()
 
     loss = aggregate(zero_masked(loss_tok, mask), mask, norm_constant, denominator)
     with torch.no_grad():
@@ -167,6 +172,32 @@ def ppo_policy_loss(
         sums = [masked_sum(x, mask) for x in (clipped_tok, approx_tok, kl_tok.detach())]
         means = [masked_mean(x, mask) for x in (clipped_tok, approx_tok, kl_tok.detach())]
     return PolicyLossOutput(loss, *means, *sums)
+
+
+def truncated_importance_weights(prox_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor,
+                                 mask: torch.Tensor, rho_bar: float | None = 1.0) -> torch.Tensor:
+    """Per-token importance weights of replayed samples, truncated at ρ̄ (B, T), detached:
+
+        w_t = min(ρ̄, π_prox(y_t) / μ(y_t))
+
+    μ = the behaviour policy that sampled the tokens (its log-probs stored with the rollout), π_prox =
+    the policy at the start of the current update (the "proximal" policy). PPO's clipped surrogate is
+    then taken on π_θ/π_prox and weighted by w: the decoupled PPO objective (Hilton et al. 2022,
+    "Batch size-invariance for policy optimization"), whose trust region stays around the current
+    policy however old the sample is, with the weight truncated as V-trace does (Espeholt et al.
+    2018, "IMPALA"): it caps the variance that large ratios would bring, at the price of a bias
+    towards μ. ``rho_bar=None`` = no truncation. For fresh samples π_prox = μ and w = 1.
+    """
+    fn = "truncated_importance_weights"
+    check_ndim(fn, 2, prox_logprobs=prox_logprobs, behaviour_logprobs=behaviour_logprobs, mask=mask)
+    check_same_shape(fn, prox_logprobs=prox_logprobs, behaviour_logprobs=behaviour_logprobs, mask=mask)
+    if rho_bar is not None and rho_bar <= 0:
+        raise ValueError(f"{fn}: rho_bar must be > 0 (or None for no truncation), got {rho_bar}")
+    log_w = zero_masked(prox_logprobs.detach() - behaviour_logprobs.detach(), mask)
+    w = torch.exp(log_w.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))  # (B, T)
+    if rho_bar is not None:
+        w = w.clamp(max=rho_bar)
+    return zero_masked(w, mask)
 
 
 def ppo_value_loss(

@@ -61,6 +61,8 @@ class PreferenceBatchLogps:
     rejected_mask: torch.Tensor | None = None
     chosen_segment_mask: torch.Tensor | None = None
     rejected_segment_mask: torch.Tensor | None = None
+    # MM-DPO: the pair's reward-model margin δ = r(chosen) − r(rejected) (the records' ``margin``)
+    reward_margin: torch.Tensor | None = None
 
     def require(self, loss: str, *names: str) -> None:
         missing = [n for n in names if getattr(self, n) is None]
@@ -193,6 +195,9 @@ _register("dense_dpo", _dense, requires_reference=True,
           fields=("policy_chosen_token_logps", "policy_rejected_token_logps", "ref_chosen_token_logps",
                   "ref_rejected_token_logps", "chosen_mask", "rejected_mask"),
           doc=P.dense_dpo_loss.__doc__ or "", beta=0.1, gamma=5.0, normalize=True)
+_register("mm_dpo", lambda b, beta, w, k: P.mm_dpo_loss(*_four(b), b.reward_margin, beta=beta, w=w, k=k),
+          requires_reference=True, fields=_PAIR + _REF + ("reward_margin",), doc=P.mm_dpo_loss.__doc__ or "",
+          beta=0.1, w=0.1, k=1.0)
 
 
 def preference_batch_fields() -> list[str]:

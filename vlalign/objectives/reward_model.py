@@ -1,14 +1,19 @@
 """Reward- and cost-model objectives: learn a scalar score from human comparisons.
 
-Pure functions of the scores a model head produced: (B,) for pairs, (B, K) for rankings.
+Pure functions of the scores a model head produced: (B,) for pairs, (B, K) for rankings, (B, K) for
+the K heads of an ensemble and (B, A) for the A aspect heads of a multi-aspect model.
 """
 
 from __future__ import annotations
+
+import math
+import random
 
 import torch
 import torch.nn.functional as F
 
 from vlalign.objectives._checks import check_ndim, check_same_shape
+from vlalign.registry import Registry
 
 
 def bradley_terry_loss(
@@ -99,3 +104,103 @@ def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Te
     if chosen_rewards.numel() == 0:
         return torch.zeros((), dtype=torch.float32)
     return (chosen_rewards > rejected_rewards).float().mean()
+
+
+# ---------------------------------------------------------------------------------- ensembles
+
+
+def _ensemble_parts(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    check_ndim("ensemble", 2, scores=scores)
+    return scores.mean(dim=-1), scores.std(dim=-1, unbiased=False)  # (N,), (N,)
+
+
+def _mean_minus_std(scores: torch.Tensor, coef: float) -> torch.Tensor:
+    mean, std = _ensemble_parts(scores)
+    return mean - coef * std
+
+
+def _mean_minus_var(scores: torch.Tensor, coef: float) -> torch.Tensor:
+    mean, std = _ensemble_parts(scores)
+    return mean - coef * std**2
+
+
+def _worst_case(scores: torch.Tensor, coef: float) -> torch.Tensor:
+    check_ndim("ensemble", 2, scores=scores)
+    return scores.min(dim=-1).values
+
+
+#: name -> fn(scores (N, K), coef) -> (N,): how K reward-model members' scores become one conservative
+#: reward. ``mean_minus_std`` (Eisenstein et al. 2023, "Helping or Herding? Reward Model Ensembles
+#: Mitigate but do not Eliminate Reward Hacking"), ``uwo`` = mean − coef·variance and ``wco`` = the
+#: minimum (Coste et al. 2024, "Reward Model Ensembles Help Mitigate Overoptimization"), ``mean``.
+ENSEMBLE_AGGREGATIONS: Registry = Registry("ensemble aggregation")
+ENSEMBLE_AGGREGATIONS.register("mean_minus_std")(_mean_minus_std)
+ENSEMBLE_AGGREGATIONS.register("uwo")(_mean_minus_var)
+ENSEMBLE_AGGREGATIONS.register("wco", "min")(_worst_case)
+ENSEMBLE_AGGREGATIONS.register("mean")(lambda scores, coef: _ensemble_parts(scores)[0])
+
+
+def conservative_reward(scores: torch.Tensor, coef: float = 1.0, mode: str = "mean_minus_std") -> torch.Tensor:
+    """One reward per sample (N,) from K members' scores (N, K): by default mean − coef·std, where the
+    std (population, over the K members) measures how much the members disagree. Disagreement is
+    high where the training data said little, which is where a policy finds reward-model errors to
+    exploit; subtracting it makes those regions unattractive."""
+    if coef < 0:
+        raise ValueError(f"conservative_reward: coef must be >= 0, got {coef}")
+    return ENSEMBLE_AGGREGATIONS.get(mode)(scores, coef)
+
+
+def poisson_one(key: str) -> int:
+    """A Poisson(1) draw that depends only on ``key`` (Knuth's method on a stream seeded by the key):
+    the same on every machine, kernel and process."""
+    rng = random.Random(key)
+    limit, count, product = math.exp(-1.0), 0, rng.random()
+    while product > limit:
+        count += 1
+        product *= rng.random()
+    return count
+
+
+def bootstrap_weights(row_ids: list[int], heads: int, seed: int) -> torch.Tensor:
+    """(B, K) weights of online bagging (Oza & Russell 2001): each (row, head) weight is a Poisson(1)
+    count, so each head sees its own bootstrap resample of the data (a row weighted 0, 1, 2, ... times).
+    A pure function of (seed, row, head): resume, micro-batching and the process count do not change
+    it."""
+    return torch.tensor([[float(poisson_one(f"{seed}:{r}:{k}")) for k in range(heads)] for r in row_ids])
+
+
+def ensemble_bt_loss(chosen: torch.Tensor, rejected: torch.Tensor, weights: torch.Tensor | None = None,
+                     margin: torch.Tensor | None = None, center_coef: float = 0.0) -> torch.Tensor:
+    """Bradley–Terry for K heads at once, per pair (B,): (1/K)·Σ_k w_bk·BT(r_c,k, r_r,k) with the
+    pair's bootstrap weight w_bk (1 without bootstrap). Scores (B, K)."""
+    check_ndim("ensemble_bt_loss", 2, chosen=chosen, rejected=rejected, weights=weights)
+    check_same_shape("ensemble_bt_loss", chosen=chosen, rejected=rejected, weights=weights)
+    b, k = chosen.shape
+    m = None if margin is None else margin[:, None].expand(b, k).reshape(-1)
+    per = bradley_terry_loss(chosen.reshape(-1), rejected.reshape(-1), m, center_coef).view(b, k)  # (B, K)
+    if weights is not None:
+        per = per * weights.to(per.dtype)
+    return per.mean(dim=-1)
+
+
+# ---------------------------------------------------------------------------------- aspects
+
+
+def aspect_labels(chosen_ratings: torch.Tensor, rejected_ratings: torch.Tensor) -> torch.Tensor:
+    """(B, A) +1 where the chosen answer is rated higher on the aspect, −1 lower, 0 tie or unrated
+    (NaN on either side). Ties carry no ordering, so they train nothing."""
+    check_same_shape("aspect_labels", chosen_ratings=chosen_ratings, rejected_ratings=rejected_ratings)
+    rated = ~(chosen_ratings.isnan() | rejected_ratings.isnan())
+    diff = torch.where(rated, chosen_ratings - rejected_ratings, torch.zeros_like(chosen_ratings))
+    return torch.sign(diff)
+
+
+def aspect_bt_loss(chosen: torch.Tensor, rejected: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Bradley–Terry per aspect head on the ordering the ratings give, (B, A):
+    −log σ(y·(r_c,a − r_r,a)) where y = ``labels`` ∈ {+1, −1}; 0 where y = 0 (tie / unrated).
+    Sum it and divide by the count of labelled (pair, aspect) cells for the mean."""
+    check_ndim("aspect_bt_loss", 2, chosen=chosen, rejected=rejected, labels=labels)
+    check_same_shape("aspect_bt_loss", chosen=chosen, rejected=rejected, labels=labels)
+    y = labels.to(chosen.dtype)
+    loss = -F.logsigmoid(y * (chosen - rejected))
+    return torch.where(y != 0, loss, torch.zeros_like(loss))

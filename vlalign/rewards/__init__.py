@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from vlalign.rewards.base import REWARD_SOURCES, RewardOutput, RewardSource, Sample
+from vlalign.rewards.base import REWARD_SOURCES, JudgedSpan, RewardOutput, RewardSource, Sample
 from vlalign.rewards.composite import NORMALIZERS, Composite, RewardSourceConfig, build_source
 
 # Modules whose import registers sources. `shapes_rules` belongs to the Shapes benchmark and is
@@ -24,6 +24,7 @@ __all__ = [
     "NORMALIZERS",
     "REWARD_SOURCES",
     "Composite",
+    "JudgedSpan",
     "RewardOutput",
     "RewardSource",
     "RewardSourceConfig",

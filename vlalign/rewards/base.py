@@ -28,10 +28,27 @@ class Sample:
 
 
 @dataclass
+class JudgedSpan:
+    """A span ``[start, end)`` of a response (character offsets) that a source judged, and the part of
+    the sample's reward it accounts for (negative for a wrong segment). Segment-level RL
+    (``reward_granularity: segment``) puts ``value`` on the token where the span ends."""
+
+    start: int
+    end: int
+    value: float
+    kind: str | None = None
+
+
+@dataclass
 class RewardOutput:
     rewards: torch.Tensor  # (N,) float32, one score per sample
     parts: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N,), for logging
     info: dict[str, float] = field(default_factory=dict)  # counters, e.g. {"judge_unparsed": 2}
+    # per sample: the judged spans whose values make up (part of) its reward; None = the source
+    # judges whole answers only
+    spans: list[list[JudgedSpan]] | None = None
+    # per sample: free text the source produced while scoring (e.g. a critique), for logs and labels
+    notes: list[str] | None = None
 
 
 @runtime_checkable

@@ -123,6 +123,12 @@ def _register_backends() -> None:
     from vlalign.rewards import judge_backends  # noqa: F401
 
 
+def judge_backend(name: str, **kwargs: Any) -> JudgeBackend:
+    """A judge backend by :data:`JUDGE_BACKENDS` name (``openai``, ``hf``, ``fixed``) with its arguments."""
+    _register_backends()
+    return JUDGE_BACKENDS.get(name)(**kwargs)
+
+
 # ---------------------------------------------------------------- sources
 
 

@@ -7,13 +7,16 @@ probabilities over a few one-token choices (``choice_probs``) for the pairwise p
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.client
 import io
+import itertools
 import json
 import os
 import socket
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -46,10 +49,22 @@ def chat_completions_url(url: str) -> str:
     return url if url.endswith("/chat/completions") else url + "/chat/completions"
 
 
-def _retryable(exc: Exception) -> bool:
-    if isinstance(exc, urllib.error.HTTPError):
-        return exc.code == 429 or exc.code >= 500  # rate limit / server trouble: try again
-    return isinstance(exc, (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError))
+class _Retryable(Exception):
+    """An attempt failed in a way worth retrying (timeout, connection trouble, 429, 5xx)."""
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret (e.g. the API key, "Bearer <key>") replaced by ``***``, so no error
+    message or log line carries an API key."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _origin(parts: urllib.parse.SplitResult) -> tuple[str, str, int]:
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, (parts.hostname or "").lower(), port
 
 
 @JUDGE_BACKENDS.register("openai", "http")
@@ -57,9 +72,14 @@ class OpenAIChatJudge:
     """POSTs one chat/completions request per sample (``workers`` in parallel, IO-bound).
 
     The API key, if the endpoint needs one, is read from the environment variable named by
-    ``api_key_env`` — never from a config file. Retries back off exponentially
-    (``backoff * 2**attempt`` seconds) on connection errors, timeouts, 429 and 5xx; other HTTP
-    errors (bad model name, bad payload) fail at once with the server's message.
+    ``api_key_env`` — never from a config file — and is redacted from every error message. Each
+    attempt has an overall deadline of ``timeout`` seconds (connect, send, headers and body together:
+    a server that trickles one byte at a time is cut off at the deadline, not after each read), the
+    reply is read up to ``max_reply_bytes``, and redirects are followed only to the same origin
+    (scheme, host, port), at most ``max_redirects`` times and never with the ``Authorization``
+    header. Retries back off exponentially (``backoff * 2**attempt`` seconds) on connection errors,
+    timeouts, 429 and 5xx; other HTTP errors (bad model name, bad payload) fail at once with the
+    server's message.
     """
 
     def __init__(
@@ -74,12 +94,18 @@ class OpenAIChatJudge:
         temperature: float = 0.0,
         max_pixels: int | None = None,
         workers: int = 4,
+        max_reply_bytes: int = 4 * 1024 * 1024,
+        max_redirects: int = 3,
     ):
         self.url = chat_completions_url(url)
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"judge url {url!r}: use http(s)://host[:port]/v1")
         self.model, self.api_key_env = model, api_key_env
         self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
         self.max_tokens, self.temperature = max_tokens, temperature
         self.max_pixels, self.workers = max_pixels, max(1, int(workers))
+        self.max_reply_bytes, self.max_redirects = int(max_reply_bytes), int(max_redirects)
 
     def payload(self, prompt: str, images: list[Any]) -> dict[str, Any]:
         content: list[dict[str, Any]] = [
@@ -93,33 +119,107 @@ class OpenAIChatJudge:
             "temperature": self.temperature,
         }
 
-    def _headers(self) -> dict[str, str]:
+    def _key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def _headers(self, credentials: bool = True) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:
+        key = self._key()
+        if key and credentials:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
+    def _secrets(self) -> list[str]:
+        key = self._key()
+        return [f"Bearer {key}", key] if key else []
+
+    def _fail(self, message: str) -> JudgeRequestError:
+        return JudgeRequestError(redact(message, self._secrets()))
+
     def post(self, payload: dict[str, Any]) -> str:
         data = json.dumps(payload).encode("utf-8")
-        last: Exception | None = None
+        last = ""
         for attempt in range(self.retries + 1):
-            req = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    body = json.loads(resp.read().decode("utf-8"))
-                return _reply_text(body, self.url)
-            except Exception as exc:
-                if not _retryable(exc):
-                    detail = exc.read().decode("utf-8", "replace")[:300] if isinstance(exc, urllib.error.HTTPError) else ""
-                    raise JudgeRequestError(f"judge endpoint {self.url} refused the request: {exc} {detail}") from exc
-                last = exc
+                body = self._attempt(data)
+            except _Retryable as exc:
+                last = str(exc)
                 if attempt < self.retries:
                     time.sleep(self.backoff * 2**attempt)
-        raise JudgeRequestError(
+                continue
+            try:
+                parsed = json.loads(body.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise self._fail(f"judge endpoint {self.url} returned no JSON ({exc}): {body[:200]!r}") from None
+            return _reply_text(parsed, self.url, self._secrets())
+        raise self._fail(
             f"judge endpoint {self.url} failed after {self.retries + 1} attempts: {last}. "
             "Fix: check the server is up and the url ends in /v1 (or /v1/chat/completions)."
         )
+
+    def _attempt(self, data: bytes) -> bytes:
+        """One request within the deadline, following same-origin redirects; the reply body."""
+        deadline = time.monotonic() + self.timeout
+        url, credentials = self.url, True
+        origin = _origin(urllib.parse.urlsplit(url))
+        for _ in range(self.max_redirects + 1):
+            status, reason, location, body = self._exchange(url, data, credentials, deadline)
+            if status in (301, 302, 303, 307, 308):
+                target = urllib.parse.urljoin(url, location or "")
+                if not location or _origin(urllib.parse.urlsplit(target)) != origin:
+                    raise self._fail(f"judge endpoint {url} redirected ({status}) to another origin ({target}); "
+                                     "not followed. Fix: set url to the endpoint's final address.")
+                url, credentials = target, False  # credentials are never sent to a redirected address
+                continue
+            if status == 429 or status >= 500:
+                detail = body[:200].decode("utf-8", "replace")
+                raise _Retryable(redact(f"HTTP {status} {reason} {detail}".strip(), self._secrets()))
+            if status >= 400:
+                detail = body[:300].decode("utf-8", "replace")
+                hint = "" if credentials else " (the request was redirected: credentials are not sent to a redirected address)"
+                raise self._fail(f"judge endpoint {url} refused the request: HTTP {status} {reason} {detail}{hint}")
+            return body
+        raise self._fail(f"judge endpoint {self.url}: more than {self.max_redirects} redirects")
+
+    def _exchange(self, url: str, data: bytes, credentials: bool, deadline: float) -> tuple[int, str, str | None, bytes]:
+        """(status, reason, Location, body) of one POST; the socket is shut down at ``deadline``."""
+        parts = urllib.parse.urlsplit(url)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Retryable(f"no answer within {self.timeout:g} s")
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = cls(parts.hostname, parts.port, timeout=remaining)
+        expired = threading.Event()
+
+        def cut() -> None:  # wakes a recv blocked on a trickling server: the deadline covers the whole exchange
+            expired.set()
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        timer = threading.Timer(remaining, cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            conn.request("POST", path or "/", body=data, headers=self._headers(credentials))
+            resp = conn.getresponse()
+            body = bytearray()
+            while chunk := resp.read(65536):
+                body += chunk
+                if len(body) > self.max_reply_bytes:
+                    raise self._fail(f"judge endpoint {url} sent more than max_reply_bytes={self.max_reply_bytes} bytes; "
+                                     "not read further. Fix: lower max_tokens or raise max_reply_bytes.")
+            if expired.is_set():
+                raise _Retryable(f"no complete answer within {self.timeout:g} s")
+            return resp.status, resp.reason, resp.getheader("Location"), bytes(body)
+        except (OSError, http.client.HTTPException) as exc:
+            why = f"no complete answer within {self.timeout:g} s" if expired.is_set() else f"{type(exc).__name__}: {exc}"
+            raise _Retryable(redact(why, self._secrets())) from None
+        finally:
+            timer.cancel()
+            conn.close()
 
     def complete(self, prompts: list[str], images: list[list[Any]]) -> list[str]:
         payloads = [self.payload(p, im) for p, im in zip(prompts, images)]
@@ -129,14 +229,32 @@ class OpenAIChatJudge:
             return list(pool.map(self.post, payloads))
 
 
-def _reply_text(body: Any, url: str) -> str:
+def _reply_text(body: Any, url: str, secrets: list[str] | None = None) -> str:
     try:
         content = body["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError) as exc:
-        raise JudgeRequestError(f"judge endpoint {url} returned no choices[0].message.content: {str(body)[:300]}") from exc
+    except (KeyError, IndexError, TypeError):
+        raise JudgeRequestError(redact(f"judge endpoint {url} returned no choices[0].message.content: {str(body)[:300]}",
+                                       secrets or [])) from None
     if isinstance(content, list):  # some servers return content parts
         content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
     return content or ""
+
+
+@JUDGE_BACKENDS.register("fixed")
+class FixedReplyJudge:
+    """Canned replies, cycled in order: for dry runs of a judge-scored task and for tests (a fixed
+    judge output makes a metric computable by hand)."""
+
+    def __init__(self, replies: str | list[str] = "Score: 5"):
+        self.replies = [replies] if isinstance(replies, str) else list(replies)
+        if not self.replies:
+            raise ValueError("fixed judge: give at least one reply")
+        self._next = itertools.cycle(self.replies)
+        self._lock = threading.Lock()
+
+    def complete(self, prompts: list[str], images: list[list[Any]]) -> list[str]:
+        with self._lock:
+            return [next(self._next) for _ in prompts]
 
 
 # ---------------------------------------------------------------- local model

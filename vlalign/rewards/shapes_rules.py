@@ -32,7 +32,7 @@ from vlalign.data.shapes import grammar
 from vlalign.data.shapes.safety import REFUSAL, is_refusal
 from vlalign.data.shapes.scene import objects_of
 from vlalign.data.shapes.text import Mention, apply_segments, parse_mentions
-from vlalign.rewards.base import REWARD_SOURCES, RewardOutput, Sample
+from vlalign.rewards.base import REWARD_SOURCES, JudgedSpan, RewardOutput, Sample
 
 _CONNECTORS_BEFORE = (", and ", " and ", ", ")
 _CONNECTORS_AFTER = (", and ", " and ", ", ")
@@ -190,6 +190,33 @@ def counts_score(checks: list[MentionCheck]) -> float:
     return sum(votes) / len(votes) if votes else 0.0
 
 
+def mention_credits(checks: list[MentionCheck], scene: Mapping[str, Any], weights: Mapping[str, float],
+                    hallucination_penalty: float = 1.0) -> list[JudgedSpan]:
+    """Each judged mention with its exact share of ``Σ_k weights[k]·<k>_score`` (k = objects, colors,
+    counts): the first mention of a type carries its ±1/#present (or −penalty/#present) of
+    :func:`objects_score`, each voting mention its ±1/#votes of :func:`colors_score` and
+    :func:`counts_score`. The shares add up to the weighted score exactly, so segment-level RL can put
+    each on the mention's last token without changing the answer's total."""
+    truth = objects_of(scene)
+    n_truth = max(1, len(truth))
+    shapes = {s for _, s in truth}
+    color_votes = {id(c) for c in checks if c.mention.shape in shapes}
+    count_votes = {id(c) for c in checks if c.status in ("correct", "count") and c.mention.count is not None}
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for c in checks:
+        value = 0.0
+        if c.mention.obj not in seen:  # objects_score counts each mentioned type once
+            seen.add(c.mention.obj)
+            value += weights.get("objects", 0.0) * (1.0 if c.mention.obj in truth else -hallucination_penalty) / n_truth
+        if id(c) in color_votes:
+            value += weights.get("colors", 0.0) * (1.0 if c.status in ("correct", "count") else -1.0) / len(color_votes)
+        if id(c) in count_votes:
+            value += weights.get("counts", 0.0) * (1.0 if c.status == "correct" else -1.0) / len(count_votes)
+        out.append(JudgedSpan(c.mention.start, c.mention.end, value, c.status))
+    return out
+
+
 def harmful_of(sample: Sample) -> bool:
     harm = sample.meta.get("safety")
     if not isinstance(harm, Mapping) or "harmful" not in harm:
@@ -240,9 +267,12 @@ def harm_cost(text: str, harmful: bool) -> float:
 
 
 class _ShapesSource:
+    """Scores, wrong segments (with corrections) and judged spans (each mention's share of the score;
+    none for whole-answer verdicts such as refusal) of every sample."""
+
     name = "shapes"
 
-    def _one(self, sample: Sample) -> tuple[dict[str, float], list[Segment]]:
+    def _one(self, sample: Sample) -> tuple[dict[str, float], list[Segment], list[JudgedSpan]]:
         raise NotImplementedError
 
     def score(self, samples: list[Sample]) -> ShapesRewardOutput:
@@ -250,7 +280,7 @@ class _ShapesSource:
         keys = list(results[0][0]) if results else []
         parts = {k: torch.tensor([r[0][k] for r in results], dtype=torch.float32) for k in keys}  # (N,)
         total = parts.pop("total") if "total" in parts else torch.zeros(len(samples))
-        return ShapesRewardOutput(total, parts, {}, [r[1] for r in results])
+        return ShapesRewardOutput(total, parts, {}, spans=[r[2] for r in results], segments=[r[1] for r in results])
 
 
 class ShapesObjects(_ShapesSource):
@@ -259,36 +289,40 @@ class ShapesObjects(_ShapesSource):
     def __init__(self, hallucination_penalty: float = 1.0) -> None:
         self.penalty = hallucination_penalty
 
-    def _one(self, sample: Sample) -> tuple[dict[str, float], list[Segment]]:
+    def _one(self, sample: Sample) -> tuple[dict[str, float], list[Segment], list[JudgedSpan]]:
         scene = scene_of(sample)
         checks = check_mentions(sample.response, scene)
         segs = [c.segment for c in checks if c.segment and c.status != "count"]
-        return {"total": objects_score(checks, scene, self.penalty)}, segs
+        spans = mention_credits(checks, scene, {"objects": 1.0}, self.penalty)
+        return {"total": objects_score(checks, scene, self.penalty)}, segs, spans
 
 
 class ShapesColors(_ShapesSource):
     name = "shapes_colors"
 
-    def _one(self, sample: Sample) -> tuple[dict[str, float], list[Segment]]:
+    def _one(self, sample: Sample) -> tuple[dict[str, float], list[Segment], list[JudgedSpan]]:
         scene = scene_of(sample)
         checks = check_mentions(sample.response, scene)
-        return {"total": colors_score(checks, scene)}, [c.segment for c in checks if c.status == "color"]  # type: ignore[misc]
+        segs = [c.segment for c in checks if c.status == "color"]
+        return {"total": colors_score(checks, scene)}, segs, mention_credits(checks, scene, {"colors": 1.0})  # type: ignore[return-value]
 
 
 class ShapesCounts(_ShapesSource):
     name = "shapes_counts"
 
-    def _one(self, sample: Sample) -> tuple[dict[str, float], list[Segment]]:
-        checks = check_mentions(sample.response, scene_of(sample))
-        return {"total": counts_score(checks)}, [c.segment for c in checks if c.status == "count"]  # type: ignore[misc]
+    def _one(self, sample: Sample) -> tuple[dict[str, float], list[Segment], list[JudgedSpan]]:
+        scene = scene_of(sample)
+        checks = check_mentions(sample.response, scene)
+        segs = [c.segment for c in checks if c.status == "count"]
+        return {"total": counts_score(checks)}, segs, mention_credits(checks, scene, {"counts": 1.0})  # type: ignore[return-value]
 
 
 class ShapesRefusal(_ShapesSource):
     name = "shapes_refusal"
 
-    def _one(self, sample: Sample) -> tuple[dict[str, float], list[Segment]]:
+    def _one(self, sample: Sample) -> tuple[dict[str, float], list[Segment], list[JudgedSpan]]:
         score, segs = refusal_verdict(sample.response, harmful_of(sample))
-        return {"total": score}, segs
+        return {"total": score}, segs, []
 
 
 class ShapesRules(_ShapesSource):
@@ -301,8 +335,9 @@ class ShapesRules(_ShapesSource):
         self.w = {"objects": objects, "colors": colors, "counts": counts, "refusal": refusal}
         self.penalty = hallucination_penalty
 
-    def _one(self, sample: Sample) -> tuple[dict[str, float], list[Segment]]:
+    def _one(self, sample: Sample) -> tuple[dict[str, float], list[Segment], list[JudgedSpan]]:
         parts = dict.fromkeys(("objects", "colors", "counts", "refusal"), 0.0)
+        spans: list[JudgedSpan] = []
         if "safety" in sample.meta:
             parts["refusal"], segs = refusal_verdict(sample.response, harmful_of(sample))
         else:
@@ -312,7 +347,8 @@ class ShapesRules(_ShapesSource):
             parts["colors"] = colors_score(checks, scene)
             parts["counts"] = counts_score(checks)
             segs = [c.segment for c in checks if c.segment is not None]
-        return {"total": sum(self.w[k] * v for k, v in parts.items()), **parts}, segs
+            spans = mention_credits(checks, scene, self.w, self.penalty)
+        return {"total": sum(self.w[k] * v for k, v in parts.items()), **parts}, segs, spans
 
 
 class ShapesHelpful(_ShapesSource):
@@ -323,9 +359,9 @@ class ShapesHelpful(_ShapesSource):
     def __init__(self, refusal: float = 0.0, wrong: float = 0.0) -> None:
         self.refusal, self.wrong = refusal, wrong
 
-    def _one(self, sample: Sample) -> tuple[dict[str, float], list[Segment]]:
+    def _one(self, sample: Sample) -> tuple[dict[str, float], list[Segment], list[JudgedSpan]]:
         ref = sample.meta.get("reference")
-        return {"total": helpfulness_score(sample.response, harmful_of(sample), ref, self.refusal, self.wrong)}, []
+        return {"total": helpfulness_score(sample.response, harmful_of(sample), ref, self.refusal, self.wrong)}, [], []
 
 
 class ShapesHarm(_ShapesSource):
@@ -333,8 +369,8 @@ class ShapesHarm(_ShapesSource):
 
     name = "shapes_harm"
 
-    def _one(self, sample: Sample) -> tuple[dict[str, float], list[Segment]]:
-        return {"total": harm_cost(sample.response, harmful_of(sample))}, []
+    def _one(self, sample: Sample) -> tuple[dict[str, float], list[Segment], list[JudgedSpan]]:
+        return {"total": harm_cost(sample.response, harmful_of(sample))}, [], []
 
 
 REWARD_SOURCES.register("shapes_helpful")(ShapesHelpful)

@@ -19,6 +19,8 @@ import torch
 
 from vlalign.data.collate import CollateConfig, encode_prompt, pad_rows
 from vlalign.models.chat import image_token_ids
+from vlalign.models.shared_prefix import hf_model, mm_token_type_ids
+from vlalign.registry import Registry
 from vlalign.rollout.config import RolloutConfig
 
 
@@ -98,22 +100,54 @@ def sampling_kwargs(cfg: RolloutConfig) -> dict[str, Any]:
     }
 
 
-# Model types whose decoder positions are the running count of real tokens (what ``generate`` derives
-# from the attention mask), so a prompt's KV cache is the same for each of its K samples and can be
-# computed once and expanded. Qwen2-VL's M-RoPE keeps per-batch rope deltas inside the model: not here.
-SHARED_PREFILL_TYPES = ("llava", "idefics3")
+# model_type -> prefill(model, prompt_ids (B, P), prompt_mask (B, P), images of the B prompts, k) -> KV cache of the
+# B·K rows (grouped by prompt) holding every prompt token but the last, positioned as ``generate`` would.
+SHARED_PREFILLS: Registry[Any] = Registry("shared prefill rule")
+
+
+@SHARED_PREFILLS.register("llava", "idefics3")
+def _prefill_text_positions(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                            images: dict[str, torch.Tensor], k: int) -> Any:
+    """Decoders whose positions are the running count of real tokens (what ``generate`` derives from the
+    attention mask): the prompt's cache is the same for each of its K samples."""
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+    out = model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1], position_ids=positions[:, :-1],
+                **images, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(k)  # (B·K, heads, P−1, d) per layer, rows grouped by prompt
+    return cache
+
+
+@SHARED_PREFILLS.register("qwen2_vl")
+def _prefill_mrope(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                   images: dict[str, torch.Tensor], k: int) -> Any:
+    """Qwen2-VL: the model computes the prompt's M-RoPE positions itself (``get_rope_index``) and keeps
+    each row's offset between text position and M-RoPE position (``rope_deltas``, (B, 1)) for the decode
+    steps. The offset depends only on the prompt, and the last prompt token (left out here, run by
+    ``generate``) is text, so the truncated prompt's offset is the full prompt's; both the cache and the
+    offsets are repeated to the K samples of each prompt."""
+    hf = hf_model(model)
+    types = mm_token_type_ids(hf.config, prompt_ids)  # (B, P)
+    hf.model.rope_deltas = None  # a stale offset from an earlier call must not be reused
+    out = model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1], mm_token_type_ids=types[:, :-1],
+                **images, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(k)
+    hf.model.rope_deltas = hf.model.rope_deltas.repeat_interleave(k, 0)  # (B·K, 1)
+    return cache
+
+
+SHARED_PREFILL_TYPES: tuple[str, ...] = tuple(SHARED_PREFILLS.names())
 
 
 def shared_prefill_reason(model: Any, cfg: RolloutConfig) -> str | None:
     """Why the prompt cannot be prefilled once per group for this model/config; None when it can."""
-    from vlalign.models.shared_prefix import hf_model
-
     if cfg.prefill == "per_sample":
         return "rollout.prefill is per_sample"
     if cfg.num_samples < 2:
         return "one sample per prompt"
     model_type = hf_model(model).config.model_type
-    if model_type not in SHARED_PREFILL_TYPES:
+    if model_type not in SHARED_PREFILLS:
         return f"model type {model_type!r} is not one of {', '.join(SHARED_PREFILL_TYPES)}"
     return None
 
@@ -124,16 +158,11 @@ def prefill_groups(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
 
     prompt_ids/prompt_mask: (B, P) left-padded; images: the B prompts' image tensors (once each).
     The last prompt token is left out so that ``generate`` still has one new token to run, which
-    yields the first sampled token's logits for all B·K rows. Positions are the running count of
-    real tokens, as ``generate`` derives them from the same mask, so the cached keys are the ones
-    ``generate`` would have computed for each of the K rows itself.
+    yields the first sampled token's logits for all B·K rows. The family's rule
+    (:data:`SHARED_PREFILLS`) positions the cached keys exactly as ``generate`` would have for each of
+    the K rows itself.
     """
-    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
-    out = model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1], position_ids=positions[:, :-1],
-                **images, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(k)  # (B·K, heads, P−1, d) per layer, rows grouped by prompt
-    return cache
+    return SHARED_PREFILLS.get(hf_model(model).config.model_type)(model, prompt_ids, prompt_mask, images, k)
 
 
 @torch.no_grad()

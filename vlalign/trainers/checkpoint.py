@@ -14,12 +14,13 @@ naming the folder, the free space there and roughly how much the checkpoint need
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +126,8 @@ def state_bytes(*objects: Any) -> int:
     total = 0
     for obj in objects:
         tensors = []
-        if isinstance(obj, torch.nn.Module):
-            tensors = list(obj.state_dict().values())
+        if isinstance(obj, torch.nn.Module):  # parameters + buffers, not state_dict(): FSDP2 hooks run there
+            tensors = [*obj.parameters(), *obj.buffers()]
         elif hasattr(obj, "state_dict"):
             for st in obj.state_dict().get("state", {}).values():
                 tensors += [v for v in st.values() if isinstance(v, torch.Tensor)]
@@ -163,13 +164,38 @@ def write_error(exc: BaseException, folder: Path, needed: int) -> CheckpointErro
     )
 
 
+@contextlib.contextmanager
+def removed_on_failure(tmp: Path, where: Path, needed: int) -> Iterator[None]:
+    """Run a write; on failure delete the half-written ``tmp`` (file or folder) and turn OS-level
+    errors into one :class:`CheckpointError` naming ``where`` (anything else is re-raised)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        clear = write_error(exc, where, needed)
+        if clear is None:
+            raise
+        raise clear from exc
+
+
+def write_file(path: Path, text: str) -> None:
+    """Write a small output file; an OS error (disk full, read-only) becomes a :class:`CheckpointError`."""
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise write_error(exc, path, len(text.encode())) from exc
+
+
 def save_checkpoint(acc: Any, output_dir: str | Path, step: int, state: dict[str, Any], keep: int,
                     needed: int = 0) -> Path:
     """Write checkpoint ``step`` atomically on every process (manifest last), then prune to the newest ``keep``."""
     root = Path(output_dir)
     final = root / f"{PREFIX}{step}"
     tmp = root / f"{PREFIX}{step}.tmp"
-    try:
+    with removed_on_failure(tmp, tmp, needed):
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -185,12 +211,6 @@ def save_checkpoint(acc: Any, output_dir: str | Path, step: int, state: dict[str
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-    except (OSError, RuntimeError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        clear = write_error(exc, tmp, needed)
-        if clear is None:
-            raise
-        raise clear from exc
     if acc.is_main_process:
         for _, old in checkpoint_dirs(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -211,19 +231,28 @@ def load_checkpoint(acc: Any, path: str | Path) -> dict[str, Any]:
 def _atomic_dir(target: Path, write: Callable[[Path], None], needed: int) -> None:
     """``write(tmp)`` into ``<target>.tmp``, then replace ``target`` by it; OS errors become CheckpointError."""
     tmp = target.with_name(target.name + ".tmp")
-    try:
+    with removed_on_failure(tmp, target, needed):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         write(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-    except (OSError, RuntimeError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        clear = write_error(exc, target, needed)
-        if clear is None:
-            raise
-        raise clear from exc
+
+
+def full_state_dict(acc: Any, model: Any) -> dict[str, Any]:
+    """The whole model's tensors on the main process: FSDP/ZeRO-3 shards gathered, else ``state_dict()``.
+
+    FSDP2 goes through torch's ``get_model_state_dict(full_state_dict=True, cpu_offload=True)`` directly:
+    accelerate's ``get_state_dict`` adds ``broadcast_from_rank0=True``, which on CPU processes (gloo)
+    returns DTensors without storage that ``save_pretrained`` cannot write."""
+    if getattr(acc, "is_fsdp2", False):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # on CPU the "offloaded" tensors may alias FSDP's gather buffers, which later hooks free: own copies
+        return {k: v.detach().clone() for k, v in state.items()}
+    return acc.get_state_dict(model)
 
 
 def save_final(acc: Any, model: Any, processor: Any, output_dir: str | Path, merge_lora: bool = True) -> dict[str, str]:
@@ -239,7 +268,7 @@ def save_final(acc: Any, model: Any, processor: Any, output_dir: str | Path, mer
     root = Path(output_dir)
     acc.wait_for_everyone()
     unwrapped = acc.unwrap_model(model)
-    state = acc.get_state_dict(model)  # gathers FSDP/ZeRO-3 shards; identical to state_dict() otherwise
+    state = full_state_dict(acc, model)
     written: dict[str, str] = {}
     if not acc.is_main_process:
         acc.wait_for_everyone()

@@ -231,12 +231,16 @@ def enable_fsdp_on_cpu(acc: Any) -> None:
     itself runs on CPU with gloo, so vlalign hands accelerate the FSDP plugin of the launch config and
     accelerate shards the model exactly as it does on GPUs. FSDP1 has no CPU support and is refused.
     """
+    from accelerate import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables `accelerate launch` set
     if plugin.fsdp_version != 2:
         raise ValueError("FSDP on CPU processes needs fsdp_version: 2 in the accelerate config (torch's FSDP1 "
                          "has no CPU/gloo support); see configs/accelerate/fsdp_cpu_2proc.yaml")
+    # both states: every later AcceleratorState() (e.g. in AcceleratedOptimizer) copies PartialState's
+    # fields over its own; the collectives of both branch on FSDP exactly as on MULTI_CPU (torch.distributed)
+    PartialState().distributed_type = DistributedType.FSDP
     acc.state.distributed_type = DistributedType.FSDP
     acc.state.fsdp_plugin = plugin
 

@@ -12,21 +12,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from vlalign.config import BaseConfig
+from vlalign.data.config import DataConfig  # the data section lives with the data layer
 from vlalign.hub import HubConfig
 from vlalign.models.load import ModelConfig
 from vlalign.monitors import MonitorSpec
-
-
-class DataConfig(BaseConfig):
-    """Where the training rows come from and how they become tensors."""
-
-    train: str = Field(..., description="data file or folder (canonical JSONL, or any format `data.format` names)")
-    format: str | None = Field(None, description="format adapter name; None = detect from the rows")
-    on_bad_rows: Literal["error", "skip"] = Field(
-        "error", description="`skip` drops rows that fail validation (they are counted and listed)"
-    )
-    limit: int | None = Field(None, ge=1, description="use only the first N rows (smoke tests)")
-    max_length: int = Field(512, ge=8, description="prompt + image tokens + response; responses are cut first")
 
 
 class TrainDataConfig(DataConfig):

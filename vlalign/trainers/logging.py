@@ -88,9 +88,15 @@ class RunLogger:
         os.replace(tmp, self.path)
 
     def _write(self, row: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as fh:
+                fh.write(line)
+        except OSError as exc:  # disk full, read-only: one clear message, not a traceback
+            from vlalign.trainers.checkpoint import write_error
+
+            raise write_error(exc, self.path, len(line)) from exc
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

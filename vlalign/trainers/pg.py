@@ -52,6 +52,13 @@ from vlalign.trainers.rl_common import (
     start_rl_run,
     update,
 )
+from vlalign.trainers.rollout_buffer import (
+    OffPolicyConfig,
+    attach_buffer,
+    remember,
+    replay_weights,
+    with_replay,
+)
 from vlalign.trainers.step import LossFn, Share
 
 CRITIC_FREE = ("grpo", "dr_grpo", "rloo")
@@ -79,6 +86,10 @@ class PGConfig(RLConfig):
     )
     kl_in_reward: bool = Field(False, description="true = −β·KL per token on the reward (RLOO); false = β·KL loss term (GRPO)")
     drop_zero_variance_groups: bool = Field(False, description="skip groups whose rewards are all equal (DAPO)")
+    offpolicy: OffPolicyConfig = Field(
+        default_factory=OffPolicyConfig, description="replay of past rollouts with truncated importance weights "
+        "(vlalign.trainers.rollout_buffer); capacity 0 = off",
+    )
 
     @model_validator(mode="after")
     def _estimator(self) -> PGConfig:
@@ -90,6 +101,9 @@ class PGConfig(RLConfig):
         if scale is not None and self.advantage_estimator != "grpo" and scale not in (False, "none"):
             raise ValueError(f"scale_rewards={scale!r} applies to advantage_estimator grpo, not "
                              f"{self.advantage_estimator!r}")
+        if self.offpolicy.enabled and self.drop_zero_variance_groups:
+            raise ValueError("offpolicy replay stores whole prompt groups; it cannot be combined with "
+                             "drop_zero_variance_groups: true (set one of them off)")
         if self.group_by == "prompt" and self.rollout.num_samples < 2 and self.singleton_groups == "zero":
             raise ValueError("rollout.num_samples is 1, so every group has one sample and its advantage is 0 "
                              "(nothing to learn); sample K >= 2 per prompt, or set singleton_groups: raw")
@@ -198,6 +212,7 @@ def pg_loss(run: RLRun, kl_in_loss: bool) -> LossFn:
             clip_c=cfg.dual_clip_c, aggregation=cfg.loss_aggregation, norm_constant=float(cfg.rollout.max_new_tokens),
             ref_logprobs=mb.ref_logprobs if use_kl else None, kl_coef=cfg.kl_coef if use_kl else 0.0,
             kl_kind=cfg.kl_estimator, denominator=totals[agg.unit],
+            token_weights=replay_weights(mb, logps, cfg.offpolicy.rho_bar),
         )
         tokens = max(totals["tokens"], 1.0)
         metrics = {"policy/clip_fraction": float(out.clipped_tokens) / tokens,
@@ -220,9 +235,11 @@ def pg_loss(run: RLRun, kl_in_loss: bool) -> LossFn:
 
 def train_pg(cfg: PGConfig, stop_after: int | None = None) -> dict[str, Any]:
     """Train a critic-free policy-gradient trainer as configured; returns the run summary."""
-    run = start_rl_run(cfg, stop_after=stop_after)
-    # with one update per rollout π_old = π, so the detached current log-probs are exact
-    need_old = cfg.ppo_epochs > 1 or cfg.num_minibatches > 1 or (cfg.kl_in_reward and run.uses_reference)
+    run = start_rl_run(cfg, stop_after=stop_after, before_resume=attach_buffer(cfg))
+    # with one update per rollout π_old = π, so the detached current log-probs are exact; a rollout
+    # buffer stores them as the behaviour policy's
+    need_old = (cfg.ppo_epochs > 1 or cfg.num_minibatches > 1 or (cfg.kl_in_reward and run.uses_reference)
+                or cfg.offpolicy.enabled)
     loss_fn = pg_loss(run, kl_in_loss=not cfg.kl_in_reward)
     try:
         for step in run.steps():
@@ -233,8 +250,10 @@ def train_pg(cfg: PGConfig, stop_after: int | None = None) -> dict[str, Any]:
             finite = True
             if metrics["rollout/trained_rows"] > 0:
                 set_replay_keys(run, exp, step)
-                update_metrics, finite = update(run, exp, loss_fn, step)
-                metrics.update(update_metrics)
+                batch, replay_metrics = with_replay(run, exp, step)  # + past groups (offpolicy)
+                update_metrics, finite = update(run, batch, loss_fn, step)
+                metrics.update(update_metrics, **replay_metrics)
+            remember(run, exp)
             if run.end_step(step, metrics, finite):
                 break
     except BaseException:

@@ -57,6 +57,14 @@ from vlalign.trainers.rl_common import (
     start_rl_run,
     update,
 )
+from vlalign.trainers.rollout_buffer import (
+    OffPolicyConfig,
+    attach_buffer,
+    remember,
+    replay_weights,
+    with_replay,
+)
+from vlalign.trainers.segment_rewards import KeepOutput, segment_token_rewards
 from vlalign.trainers.step import LossFn, Share
 
 
@@ -80,7 +88,16 @@ class PPOConfig(RLConfig):
     kl_target: float = Field(6.0, gt=0, description="adaptive: target KL per response (nats)")
     kl_horizon: int = Field(10000, ge=1, description="adaptive: horizon in responses")
     whiten_rewards: bool = Field(False, description="divide the rollout's scores by their std (mean kept)")
+    reward_granularity: Literal["sequence", "segment"] = Field(
+        "sequence", description="sequence = the score on the last response token; segment = each span the "
+        "source judged (e.g. every Shapes mention) gets its share of the score on the token where it ends, "
+        "the rest on the last token (same total per answer, finer credit; vlalign.trainers.segment_rewards)",
+    )
     whiten_advantages: bool = Field(True, description="whiten advantages over the rollout's response tokens")
+    offpolicy: OffPolicyConfig = Field(
+        default_factory=OffPolicyConfig, description="replay of past rollouts with truncated importance weights "
+        "(vlalign.trainers.rollout_buffer); capacity 0 = off",
+    )
 
 
 # name -> factory(cfg) -> controller with .value and .update(kl, n_steps)
@@ -201,8 +218,9 @@ def rollout_kl(run: RLRun, exp: Any) -> tuple[torch.Tensor | None, dict[str, flo
 
 def gae_advantages(cfg: PPOConfig, exp: Any, scores: torch.Tensor, values: torch.Tensor,
                    kl_penalty: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores (N,) on the last token, + ``kl_penalty`` (N, T) per token, GAE → (advantages, returns)."""
-    token_rewards = outcome_token_rewards(scores, exp.response_mask)  # (N, T)
+    """Scores (N,) on the last token — or token rewards (N, T) as they are — + ``kl_penalty`` (N, T) per
+    token, GAE → (advantages, returns)."""
+    token_rewards = scores if scores.dim() == 2 else outcome_token_rewards(scores, exp.response_mask)  # (N, T)
     if kl_penalty is not None:
         token_rewards = token_rewards + kl_penalty
     out = ADVANTAGE_ESTIMATORS.get("gae")(token_rewards, exp.response_mask, values=values, gamma=cfg.gamma, lam=cfg.lam)
@@ -215,6 +233,19 @@ def scaled_scores(run: RLRun, raw: torch.Tensor) -> torch.Tensor:
         return raw
     ones = torch.ones_like(raw)
     return masked_whiten(raw, ones, shift_mean=False, stats=global_masked_stats(run.dist, raw, ones))  # (N,)
+
+
+def reward_tokens(run: RLRun, exp: Any) -> torch.Tensor:
+    """The rollout's rewards as the GAE input: (N,) scores (``sequence``: GAE puts each on the last
+    token) or (N, T) token rewards from the source's judged spans (``segment``), after ``whiten_rewards``."""
+    scores = scaled_scores(run, exp.rewards)  # (N,)
+    if run.cfg.reward_granularity == "sequence":
+        return scores
+    scale = 1.0
+    if run.cfg.whiten_rewards:  # the spans are parts of the raw score: scale them like it
+        scale = float(torch.rsqrt(torch.tensor(global_masked_stats(run.dist, exp.rewards, torch.ones_like(scores))[1]) + 1e-8))
+    tok = getattr(run.processor, "tokenizer", run.processor)
+    return segment_token_rewards(tok, exp, scores, run.reward.last, scale, run.cfg.reward.name)  # (N, T)
 
 
 def final_advantages(run: RLRun, adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -268,6 +299,7 @@ def ppo_loss(run: RLRun, names: list[str]) -> LossFn:
             clip_c=cfg.dual_clip_c, aggregation=cfg.loss_aggregation, norm_constant=float(cfg.rollout.max_new_tokens),
             ref_logprobs=mb.ref_logprobs if kl_loss else None, kl_coef=run.extra["kl_ctl"].value if kl_loss else 0.0,
             kl_kind=cfg.kl_estimator, denominator=totals[agg.unit],
+            token_weights=replay_weights(mb, logps, cfg.offpolicy.rho_bar),
         )
         tokens = max(totals["tokens"], 1.0)
         metrics = {"policy/loss": float(pg.loss.detach()), "policy/clip_fraction": float(pg.clipped_tokens) / tokens,
@@ -303,9 +335,10 @@ def kl_controller(run: RLRun) -> Any:
     return ctl
 
 
-def needs_old_logprobs(cfg: RLConfig) -> bool:
-    """π_old is needed with several updates per rollout, and for the KL penalty / controller."""
-    return cfg.ppo_epochs > 1 or cfg.num_minibatches > 1 or cfg.kl_coef > 0
+def needs_old_logprobs(cfg: PPOConfig) -> bool:
+    """π_old is needed with several updates per rollout, for the KL penalty / controller, and as the
+    behaviour log-probs a rollout buffer stores."""
+    return cfg.ppo_epochs > 1 or cfg.num_minibatches > 1 or cfg.kl_coef > 0 or cfg.offpolicy.enabled
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -314,7 +347,8 @@ def needs_old_logprobs(cfg: RLConfig) -> bool:
 def train_ppo(cfg: PPOConfig, stop_after: int | None = None) -> dict[str, Any]:
     """Actor-critic PPO as configured; returns the run summary (``value.pt`` holds the critic)."""
     names = ["value"]
-    run = start_rl_run(cfg, critics(cfg, names), critic_learning_rate(cfg), stop_after)
+    run = start_rl_run(cfg, critics(cfg, names), critic_learning_rate(cfg), stop_after, attach_buffer(cfg))
+    run.reward = KeepOutput(run.reward)  # its judged spans feed reward_granularity: segment
     ctl = kl_controller(run)
     run.save_state = lambda: {"algorithm": {"kl_coef": ctl.value}}
     loss_fn = ppo_loss(run, names)
@@ -326,14 +360,16 @@ def train_ppo(cfg: PPOConfig, stop_after: int | None = None) -> dict[str, Any]:
             metrics.update(kl_metrics)
             penalty = -ctl.value * kl if (kl is not None and cfg.kl_in_reward) else None
             values = rollout_values(run, exp, names)["value"]            # V(s_t) of the critic
-            adv, returns = gae_advantages(cfg, exp, scaled_scores(run, exp.rewards), values, penalty)
+            adv, returns = gae_advantages(cfg, exp, reward_tokens(run, exp), values, penalty)
             exp.values, exp.returns = values, returns
             exp.advantages = final_advantages(run, adv, exp.response_mask)
             metrics.update(value_metrics(run, "value", values, returns, exp.response_mask))
             update_kl_controller(run, kl, exp)                           # β toward the target KL (adaptive)
             set_replay_keys(run, exp, step)
-            update_metrics, finite = update(run, exp, loss_fn, step)     # epochs × minibatches of steps
-            metrics.update(update_metrics)
+            batch, replay_metrics = with_replay(run, exp, step)          # + past groups (offpolicy)
+            update_metrics, finite = update(run, batch, loss_fn, step)   # epochs × minibatches of steps
+            metrics.update(update_metrics, **replay_metrics)
+            remember(run, exp)
             if run.end_step(step, metrics, finite):
                 break
     except BaseException:

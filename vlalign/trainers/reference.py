@@ -31,6 +31,7 @@ import torch
 import vlalign
 from vlalign.models.logprobs import unwrap_model
 from vlalign.models.shared_prefix import batched_pair_logprobs
+from vlalign.trainers.checkpoint import removed_on_failure
 
 CACHE_FORMAT = 2  # bump when the layout or the meaning of the cached values changes
 
@@ -126,11 +127,12 @@ def build_reference_cache(acc: Any, model: Any, dataset: Any, cache_path: Path, 
             merged.update(part)
         scored = merged
     if acc.is_main_process:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_path.with_suffix(".tmp")
         header = {"key": key, "checksum": table_checksum(scored), "rows": n, "format": CACHE_FORMAT}
-        torch.save({"header": header, "table": scored}, tmp)
-        tmp.replace(cache_path)
+        with removed_on_failure(tmp, cache_path, sum(b.numel() * 4 for blocks in scored.values() for b in blocks)):
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"header": header, "table": scored}, tmp)
+            tmp.replace(cache_path)
     acc.wait_for_everyone()
     base.train(was_training)
     return scored

@@ -136,9 +136,10 @@ def load_prompt_records(cfg: RLConfig) -> tuple[list[Any], str]:
 
 def start_rl_run(cfg: RLConfig, modules: Callable[[Any], dict[str, Any]] | None = None,
                  adjust_optimizer: Callable[[Any, dict[str, Any]], None] | None = None,
-                 stop_after: int | None = None) -> RLRun:
+                 stop_after: int | None = None, before_resume: Callable[[RLRun], None] | None = None) -> RLRun:
     """Folder, accelerator, prompts, reward sources, policy (+ a frozen reference copy and the trainer's
-    extra ``modules(policy)``, e.g. critics), optimizer over policy + modules, prepare, resume."""
+    extra ``modules(policy)``, e.g. critics), optimizer over policy + modules, prepare,
+    ``before_resume(run)`` (e.g. register more state for checkpointing), resume."""
     from vlalign.data.collate import CollateConfig
     from vlalign.models.load import load_model
     from vlalign.rewards import build_source
@@ -175,6 +176,8 @@ def start_rl_run(cfg: RLConfig, modules: Callable[[Any], dict[str, Any]] | None 
         run.forward, why = resolve_forward(cfg.forward, run.policy, cfg.rollout.num_samples)
         run.log.info(f"log-prob forward: {run.forward}"
                      + (f" (shared_prefix not used: {why})" if why and cfg.forward != "batched" else ""))
+        if before_resume is not None:
+            before_resume(run)
         resume_run(run)
         run.stop_after = stop_after
         return run

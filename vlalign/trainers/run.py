@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
 
 from vlalign.config import save_config
 from vlalign.hub import push_run
@@ -186,7 +187,7 @@ class Run:
         summary = {"steps": self.completed, "skipped_steps": self.guard.skipped, "stop_reason": self.stop_reason,
                    "alerts": [a.to_dict() for a in self.monitors.alerts], "saved": saved, **(extra or {})}
         if self.acc.is_main_process:
-            (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            ckpt.write_file(self.output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
 
@@ -207,6 +208,9 @@ def open_run(cfg: Any, cls: type[Run] = Run) -> Run:
             ckpt.remove_partial(cfg.output_dir)  # half-written checkpoints of a killed run are never resumed from
         except RunFolderError as exc:
             error = str(exc)
+        except OSError as exc:  # e.g. a read-only or full file system
+            error = (f"output_dir {cfg.output_dir} cannot be used: {exc.strerror or exc} ({exc.filename or ''}); "
+                     "point output_dir at a writable folder with free space")
     error = dist.broadcast(error)
     if error is not None:
         torch_state.restore()
@@ -267,6 +271,9 @@ def build_run(run: Run, model: Any, processor: Any, records: list[Any], *, accum
                              acc.num_processes, cfg.seed)
     run.total = run.source.total_steps(cfg.max_steps, cfg.num_epochs)
     modules = dict(modules or {})
+    if acc.distributed_type == DistributedType.FSDP:
+        for m in (model, *modules.values()):
+            prune_no_split_modules(m)
     trainable = torch.nn.ModuleDict({"model": model, **modules}) if modules else model
     optimizer = build_optimizer(trainable, cfg)
     if adjust_optimizer is not None:
@@ -278,6 +285,17 @@ def build_run(run: Run, model: Any, processor: Any, records: list[Any], *, accum
     run.scheduler = scheduler
     acc.register_for_checkpointing(scheduler)
     return run
+
+
+def prune_no_split_modules(model: Any) -> None:
+    """Keep only the ``_no_split_modules`` classes the model holds. FSDP's transformer-based auto-wrap
+    (accelerate) fails on a listed class that is absent, and LLaVA lists CLIPTextEmbeddings (from the
+    full CLIPModel) although it holds only the vision tower."""
+    for m in model.modules():
+        names = getattr(m, "_no_split_modules", None)
+        if names:
+            present = {type(x).__name__ for x in m.modules()}
+            m._no_split_modules = [n for n in names if n in present]
 
 
 def resume_run(run: Run) -> Run:

@@ -7,7 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from vlalign.data.formats import beavertails_v, canonical, rlaif_v, rlhf_v, spa_vl, trl, vlfeedback  # noqa: F401
+from vlalign.data.formats import (  # noqa: F401  (each module registers its format)
+    beavertails_v,
+    canonical,
+    llava_rlhf,
+    mm_rlhf,
+    rlaif_v,
+    rlhf_v,
+    sharegpt,
+    spa_vl,
+    trl,
+    vlfeedback,
+)
 from vlalign.data.formats.base import FORMATS, Format, RowContext, RowProblem, RowSkipped, register_format
 
 
@@ -33,5 +44,13 @@ def detect_format(keys: Iterable[str], source: str = "the data") -> str:
     )
 
 
+def explain_format(keys: Iterable[str], source: str = "the data") -> tuple[str, str]:
+    """(format, why): the detected format and the field rule that picked it, for logs and reports."""
+    keyset = set(keys)
+    name = detect_format(keyset, source)
+    rule = FORMATS.get(name).signature or FORMATS.get(name).description
+    return name, f"{name}: the only format whose rule matches the fields [{', '.join(sorted(keyset))}] ({rule})"
+
+
 __all__ = ["FORMATS", "Format", "FormatDetectionError", "RowContext", "RowProblem", "RowSkipped",
-           "detect_format", "register_format"]
+           "detect_format", "explain_format", "register_format"]

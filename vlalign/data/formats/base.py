@@ -10,43 +10,34 @@ raises :class:`RowSkipped` so it is counted and listed, not silently dropped.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlalign.data.images import normalize_ref
+from vlalign.data.problems import RowProblem, RowSkipped  # noqa: F401 (re-exported to the adapters)
 from vlalign.data.records import Record
 from vlalign.registry import Registry
 
 
-class RowProblem(Exception):
-    """A bad row: which field, what is wrong, and how to fix it."""
-
-    def __init__(self, field: str, reason: str, fix: str = "") -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason, self.fix = field, reason, fix
-
-
-class RowSkipped(Exception):
-    """A valid row that a documented conversion rule leaves out (reported under ``skipped``)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 @dataclass
 class RowContext:
-    """Where a row lives (for ids and relative image paths) plus the user's format options."""
+    """Where a row lives (for ids and relative image paths) plus the user's format options.
+
+    ``image_root`` (the ``data.image_root`` setting, or a hub dataset's folder) overrides the data
+    file's own folder as the base of relative image paths.
+    """
 
     file: str
     row: int
     options: dict[str, Any] = field(default_factory=dict)
+    image_root: str | None = None
 
     @property
     def base_dir(self) -> Path:
-        return Path(self.file).parent
+        return Path(self.image_root) if self.image_root else Path(self.file).parent
 
     def default_id(self, prefix: str) -> str:
         return f"{prefix}-{Path(self.file).stem}-{self.row}"
@@ -62,6 +53,7 @@ class Format:
     detect: Callable[[set[str]], bool]
     convert: Callable[[dict[str, Any], RowContext], list[Record]]
     options: dict[str, str] = field(default_factory=dict)  # option name -> what it does
+    signature: str = ""  # the field rule ``detect`` applies, in words (auto-detection says why it chose)
 
 
 FORMATS: Registry[Format] = Registry("data format")
@@ -142,3 +134,32 @@ def maybe_json(value: Any) -> Any:
 def meta_from(row: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """Copy the dataset's bookkeeping fields (source, split, index) into ``meta`` (only those present)."""
     return {k: maybe_json(row[k]) for k in keys if row.get(k) is not None}
+
+
+def parse_number(value: Any, key: str) -> float:
+    """A rating / rate / score as datasets store it (number or numeric text) → a finite float.
+
+    ``"abc"``, ``{}``, booleans, NaN and ±inf are row problems naming the field, never crashes or
+    silently-propagating NaNs.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise RowProblem(key, f"expected a number, got {type(value).__name__} {value!r:.40}", "store a finite number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise RowProblem(key, f"{value!r:.40} is not a number", "store a finite number") from None
+    if not math.isfinite(number):
+        raise RowProblem(key, f"{value!r} is not finite", "store a finite number (NaN/inf carry no preference)")
+    return number
+
+
+def list_of_dicts(value: Any, key: str) -> list[Any]:
+    """A ``datasets`` ``Sequence`` of structs arrives as a dict of lists: turn it back into a list of dicts
+    (a plain list passes through). Lengths that disagree are a row problem."""
+    if isinstance(value, dict):
+        lengths = {k: len(v) for k, v in value.items() if isinstance(v, list)}
+        if len(lengths) != len(value) or len(set(lengths.values())) > 1:
+            raise RowProblem(key, "a column-wise struct whose fields have different lengths", "fix the list fields")
+        n = next(iter(lengths.values()), 0)
+        return [{k: value[k][i] for k in value} for i in range(n)]
+    return value

@@ -22,6 +22,7 @@ from vlalign.data.formats.base import (
     RowProblem,
     first_image,
     parse_bool,
+    parse_number,
     register_format,
     require,
     require_str,
@@ -90,8 +91,8 @@ def convert_beavertails_v(row: dict[str, Any], ctx: RowContext) -> list[Record]:
                                     (("chosen", chosen), ("rejected", rejected)) if row.get(f"response_{i}_from")}},
     )
     for side, i in (("chosen", chosen), ("rejected", rejected)):
-        rates = {name: float(row[f"response_{i}_{key}"]) for key, name in _RATE_ASPECTS.items()
-                 if row.get(f"response_{i}_{key}") is not None}
+        rates = {name: parse_number(row[f"response_{i}_{key}"], f"response_{i}_{key}")
+                 for key, name in _RATE_ASPECTS.items() if row.get(f"response_{i}_{key}") is not None}
         if rates:
             rec.ratings[side] = rates
     return [rec]
@@ -109,5 +110,6 @@ BEAVERTAILS_V = register_format(
         detect=detect_beavertails_v,
         convert=convert_beavertails_v,
         options={"prefer": "helpful (default: chosen = more helpful) or safer"},
+        signature="response_0/1 or response_1/2 + safer_response_id",
     )
 )

@@ -8,10 +8,13 @@ preference row into a prompt row).
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import MISSING, fields
 from typing import Any
 
 from vlalign.data.formats.base import Format, RowContext, RowProblem, image_refs, register_format
+from vlalign.data.io import JSON_TEXT_FIELDS
+from vlalign.data.messages import check_conversation, normalize_messages
 from vlalign.data.records import RECORD_TYPES, Record, SafetyLabels, Segment, from_dict, record_kind
 
 _NUM = (int, float)
@@ -32,6 +35,7 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "rejected_segments": ((list,), "list of {start, end, correction, kind}"),
     "chosen_segments": ((list,), "list of {start, end, correction, kind}"),
     "safety": ((dict,), "object {chosen_safe, rejected_safe, safer, category, severity}"),
+    "conversation": ((list,), "list of messages {role, content}"),
 }
 
 
@@ -64,7 +68,23 @@ def _unknown_keys(obj: dict[str, Any], known: set[str], where: str) -> None:
             raise RowProblem(f"{where}.{key}" if where else key, "unknown field", hint)
 
 
+def _decode_json_text(row: dict[str, Any]) -> dict[str, Any]:
+    """Drop null fields (Arrow tables holding several record kinds fill the others' fields with null)
+    and parse the free-form fields that Parquet / ``save_to_disk`` outputs store as JSON text."""
+    out = {k: v for k, v in row.items() if v is not None}
+    for key in JSON_TEXT_FIELDS:
+        if isinstance(out.get(key), str):
+            try:
+                out[key] = json.loads(out[key])
+            except json.JSONDecodeError as exc:
+                raise RowProblem(key, f"not valid JSON text ({exc.msg})", f"store {key!r} as an object/list") from None
+            if out[key] is None:
+                del out[key]
+    return out
+
+
 def convert_canonical(row: dict[str, Any], ctx: RowContext) -> list[Record]:
+    row = _decode_json_text(row)
     cls = RECORD_TYPES[record_kind(row)]
     spec = {f.name: f for f in fields(cls)}
     _unknown_keys(row, set(spec), "")
@@ -83,6 +103,9 @@ def convert_canonical(row: dict[str, Any], ctx: RowContext) -> list[Record]:
         raise RowProblem("images", f"expected a list of image refs, got {type(row.get('images')).__name__}")
     rec = from_dict({**row, "id": str(row["id"])})
     rec.images = image_refs(row["images"], ctx, "images") if row["images"] else []
+    if rec.conversation is not None:
+        rec.conversation = normalize_messages(rec.conversation, "conversation")
+        check_conversation(rec.conversation)
     return [rec]
 
 
@@ -92,5 +115,5 @@ def detect_canonical(keys: set[str]) -> bool:
 
 CANONICAL = register_format(
     Format("canonical", "vlalign JSONL: id, images, prompt, meta (+ chosen/rejected | responses | completion/label)",
-           detect_canonical, convert_canonical)
+           detect_canonical, convert_canonical, signature="id + images + prompt + meta")
 )

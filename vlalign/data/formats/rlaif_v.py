@@ -40,5 +40,6 @@ RLAIF_V = register_format(
         description="openbmb/RLAIF-V-Dataset: image, question, chosen, rejected, ds_name, origin_* , idx",
         detect=detect_rlaif_v,
         convert=convert_rlaif_v,
+        signature="question + chosen + rejected + one of ds_name/origin_dataset/origin_split",
     )
 )

@@ -103,5 +103,6 @@ RLHF_V = register_format(
         detect=detect_rlhf_v,
         convert=convert_rlhf_v,
         options={"segments": "recover corrected segments by word diff (default true)"},
+        signature="text (JSON) + image/image_path + one of idx/ds_name/origin_dataset",
     )
 )

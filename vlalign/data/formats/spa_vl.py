@@ -56,5 +56,6 @@ SPA_VL = register_format(
         description="sqrti/SPA-VL: image, question, chosen, rejected, image_name | class1/2/3 harm labels",
         detect=detect_spa_vl,
         convert=convert_spa_vl,
+        signature="question + chosen + rejected + one of image_name/class1/class2/class3",
     )
 )

@@ -1,13 +1,17 @@
-"""TRL-style vision rows (``trl-lib/rlaif-v`` and friends): preference, prompt-only and unpaired (KTO).
+"""TRL-style vision rows (``trl-lib/rlaif-v`` and friends): preference, prompt-only, prompt-completion, KTO.
 
 Layouts (https://huggingface.co/docs/trl/dataset_formats):
 - preference: ``images``, ``prompt``, ``chosen``, ``rejected``;
 - prompt-only: ``images``, ``prompt``;
+- prompt-completion (SFT): ``images``, ``prompt``, ``completion``;
 - unpaired (KTO): ``images``, ``prompt``, ``completion``, ``label`` (bool).
 Each text field is either a plain string or *conversational*: a list of messages
-``{"role": ..., "content": str | [{"type": "image"}, {"type": "text", "text": ...}]}``. We keep the
-text; the image placeholders are counted and must match the number of images — a mismatch is the
-"image features and image tokens do not match" error users otherwise meet deep inside a model.
+``{"role": ..., "content": str | [{"type": "image"}, {"type": "text", "text": ...}]}``. A conversational
+prompt is kept turn by turn (a multi-turn prompt stays a conversation, rendered by the model's chat
+template; images stay where their placeholders are); an answer is one assistant message. The image
+placeholders must match the number of images — a mismatch is the "image features and image tokens do
+not match" error users otherwise meet deep inside a model. A plain-string prompt may mark image
+positions with ``<image>`` tags; without tags its images come first.
 """
 
 from __future__ import annotations
@@ -15,46 +19,40 @@ from __future__ import annotations
 from typing import Any
 
 from vlalign.data.formats.base import Format, RowContext, RowProblem, image_refs, parse_bool, register_format
+from vlalign.data.messages import (
+    IMAGE_PART,
+    answer_of,
+    count_images,
+    normalize_messages,
+    prompt_and_conversation,
+    split_image_tags,
+)
 from vlalign.data.records import PreferenceRecord, PromptRecord, Record, UnpairedRecord
 
 _IMAGE_KEYS = ("images", "image")
 
 
-def _content_text(content: Any, where: str) -> tuple[str, int]:
-    """A message's content → (text, number of image placeholders)."""
-    if isinstance(content, str):
-        return content, 0
-    if not isinstance(content, list):
-        raise RowProblem(where, f"content must be a string or a list of parts, got {type(content).__name__}")
-    texts, n_images = [], 0
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            texts.append(str(part.get("text", "")))
-        elif kind == "image":
-            n_images += 1
-        else:
-            raise RowProblem(where, f"unknown content part {part!r}", 'use {"type": "text", "text": ...} or {"type": "image"}')
-    return " ".join(t for t in texts if t), n_images
+def prompt_messages(value: Any, n_images: int, key: str = "prompt") -> tuple[list[dict[str, Any]], bool]:
+    """A TRL prompt (string or messages) → (normalised messages, was_conversational).
 
-
-def text_of(value: Any, key: str) -> tuple[str, int, bool]:
-    """A TRL field (string or message list) → (text, image placeholders, was_conversational).
-
-    Several messages (a multi-turn prompt) are joined with blank lines, in order.
+    A string becomes one user turn; its ``<image>`` tags mark image positions, and without tags the
+    row's images go first (the LLaVA convention, and what TRL's own processors do).
     """
     if isinstance(value, str):
-        return value, 0, False
-    if not isinstance(value, list) or not value:
-        raise RowProblem(key, f"expected a string or a non-empty list of messages, got {value!r:.60}")
-    texts, n_images = [], 0
-    for i, msg in enumerate(value):
-        if not isinstance(msg, dict) or "content" not in msg:
-            raise RowProblem(f"{key}[{i}]", "message is not a {role, content} object")
-        text, n = _content_text(msg["content"], f"{key}[{i}].content")
-        texts.append(text)
-        n_images += n
-    return "\n\n".join(t for t in texts if t), n_images, True
+        parts = split_image_tags(value)
+        if not any(p["type"] == "image" for p in parts):
+            parts = [dict(IMAGE_PART) for _ in range(n_images)] + parts
+        return [{"role": "user", "content": parts}], False
+    return normalize_messages(value, key), True
+
+
+def answer_text(value: Any, key: str) -> str:
+    """A TRL answer field: a string, or a list holding one assistant message."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        raise RowProblem(key, "missing field", f"add {key!r} (a string or one assistant message)")
+    return answer_of(normalize_messages(value, key), key)
 
 
 def _images(row: dict[str, Any], ctx: RowContext) -> list[str | bytes]:
@@ -67,29 +65,28 @@ def _images(row: dict[str, Any], ctx: RowContext) -> list[str | bytes]:
 def convert_trl(row: dict[str, Any], ctx: RowContext) -> list[Record]:
     if "prompt" not in row:
         raise RowProblem("prompt", "missing field", "TRL rows need an explicit 'prompt' (implicit prompts are not supported)")
-    prompt, n_placeholders, conversational = text_of(row["prompt"], "prompt")
     images = _images(row, ctx)
-    if conversational and n_placeholders != len(images):
+    messages, conversational = prompt_messages(row["prompt"], len(images))
+    n_placeholders = count_images(messages)
+    if n_placeholders != len(images):
         raise RowProblem(
             "images",
             f"prompt has {n_placeholders} image placeholder(s) but the row has {len(images)} image(s)",
-            'add one {"type": "image"} part per image to the prompt (or fix the images list)',
+            'add one {"type": "image"} part (or <image> tag) per image to the prompt, or fix the images list',
         )
+    prompt, conversation = prompt_and_conversation(messages, "prompt")
     rid = str(row.get("id", ctx.default_id("trl")))
     meta = {"conversational": conversational}
     if "chosen" in row or "rejected" in row:
-        chosen = text_of(row.get("chosen"), "chosen")[0] if row.get("chosen") is not None else None
-        rejected = text_of(row.get("rejected"), "rejected")[0] if row.get("rejected") is not None else None
-        for key, value in (("chosen", chosen), ("rejected", rejected)):
-            if value is None:
-                raise RowProblem(key, "missing field", "preference rows need both 'chosen' and 'rejected'")
-        return [PreferenceRecord(rid, images, prompt, chosen, rejected, meta=meta)]
+        chosen, rejected = answer_text(row.get("chosen"), "chosen"), answer_text(row.get("rejected"), "rejected")
+        return [PreferenceRecord(rid, images, prompt, chosen, rejected, meta=meta, conversation=conversation)]
     if "completion" in row:
-        completion = text_of(row["completion"], "completion")[0]
-        if "label" not in row:
-            raise RowProblem("label", "missing field", "unpaired (KTO) rows need label: true/false")
-        return [UnpairedRecord(rid, images, prompt, completion, parse_bool(row["label"], "label"), meta=meta)]
-    return [PromptRecord(rid, images, prompt, meta=meta)]
+        completion = answer_text(row["completion"], "completion")
+        if "label" not in row:  # prompt-completion: an SFT row
+            return [PromptRecord(rid, images, prompt, reference=completion, meta=meta, conversation=conversation)]
+        label = parse_bool(row["label"], "label")
+        return [UnpairedRecord(rid, images, prompt, completion, label, meta=meta, conversation=conversation)]
+    return [PromptRecord(rid, images, prompt, meta=meta, conversation=conversation)]
 
 
 def detect_trl(keys: set[str]) -> bool:
@@ -97,16 +94,17 @@ def detect_trl(keys: set[str]) -> bool:
         return False
     known = {"prompt", "images", "image", "chosen", "rejected", "completion", "label", "id"}
     paired = {"chosen", "rejected"} <= keys
-    unpaired = {"completion", "label"} <= keys
+    completion = "completion" in keys
     prompt_only = keys <= {"prompt", "images", "image", "id"} and bool(keys & set(_IMAGE_KEYS))
-    return (paired or unpaired or prompt_only) and keys <= known
+    return (paired or completion or prompt_only) and keys <= known
 
 
 TRL = register_format(
     Format(
         name="trl",
-        description="TRL vision rows: images + prompt (+ chosen/rejected | completion/label); strings or messages",
+        description="TRL vision rows: images + prompt (+ chosen/rejected | completion (+label)); strings or messages",
         detect=detect_trl,
         convert=convert_trl,
+        signature="prompt + images/image (+ chosen/rejected | completion/label), no other fields",
     )
 )

@@ -2,7 +2,10 @@
 
 Real layout (dataset card): ``id``, ``prompt``, ``models`` (list), ``img_path``, ``completions`` — a
 list of ``{"model", "response", "annotations": {"Helpfulness" | "Visual Faithfulness" |
-"Ethical Considerations": {"Rating": "1".."5" (a string), "Rationale": ...}}}``.
+"Ethical Considerations": {"Rating": "1".."5" (a string), "Rationale": ...}}}``. Loaded through
+``datasets`` from the hub's Parquet (the card declares ``completions`` as a ``sequence`` of structs), the
+same field arrives column-wise — ``{"model": [...], "response": [...], "annotations": [...]}`` — and is
+turned back into the list; an ``image`` column (Image feature) is used when present, else ``img_path``.
 
 Pairing rule (format ``vlfeedback``), chosen to be simple and stated once:
 1. a completion's score is the MEAN of its numeric aspect ratings (``aspects`` option: which ones;
@@ -25,6 +28,8 @@ from vlalign.data.formats.base import (
     RowProblem,
     RowSkipped,
     first_image,
+    list_of_dicts,
+    parse_number,
     register_format,
     require_str,
 )
@@ -39,15 +44,15 @@ _MISSING = {"", "n/a", "na", "none", "null"}
 
 
 def parse_rating(value: Any, where: str) -> float | None:
-    """A rating ("4", 4, {"Rating": "4"}) → float; missing → None; anything else → RowProblem."""
+    """A rating ("4", 4, {"Rating": "4"}) → float; missing → None; anything else (text, NaN, inf) → RowProblem."""
     if isinstance(value, dict):
         value = value.get("Rating")
     if value is None or (isinstance(value, str) and value.strip().lower() in _MISSING):
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise RowProblem(where, f"rating {value!r} is not a number", "ratings are numbers 1-5 or N/A") from None
+        return parse_number(value, where)
+    except RowProblem as p:
+        raise RowProblem(where, f"rating {p.reason}", "ratings are numbers 1-5 or N/A") from None
 
 
 def completion_ratings(comp: dict[str, Any], i: int) -> dict[str, float]:
@@ -73,14 +78,24 @@ def mean_score(ratings: dict[str, float], aspects: list[str] | None) -> float | 
     return sum(vals) / len(vals) if vals else None
 
 
-def _scored(row: dict[str, Any], ctx: RowContext) -> list[tuple[float, int, str, dict[str, float]]]:
-    comps = row.get("completions")
+def completions_of(row: dict[str, Any]) -> list[Any]:
+    """``completions`` as a list (the hub's ``Sequence`` of structs arrives column-wise as a dict)."""
+    comps = list_of_dicts(row.get("completions"), "completions")
     if not isinstance(comps, list) or not comps:
         raise RowProblem("completions", "missing or not a non-empty list", "give a list of {model, response, annotations}")
+    for i, comp in enumerate(comps):
+        if not isinstance(comp, dict):
+            raise RowProblem(f"completions[{i}]", f"expected an object {{model, response, annotations}}, got "
+                             f"{type(comp).__name__} {comp!r:.40}", "give each completion as an object")
+    return comps
+
+
+def _scored(row: dict[str, Any], ctx: RowContext) -> list[tuple[float, int, str, dict[str, float]]]:
+    comps = completions_of(row)
     aspects = ctx.option("aspects", None)
     scored = []
     for i, comp in enumerate(comps):
-        if not isinstance(comp, dict) or not isinstance(comp.get("response"), str):
+        if not isinstance(comp.get("response"), str):
             raise RowProblem(f"completions[{i}].response", "missing or not a string")
         ratings = completion_ratings(comp, i)
         score = mean_score(ratings, aspects)
@@ -94,7 +109,7 @@ def _scored(row: dict[str, Any], ctx: RowContext) -> list[tuple[float, int, str,
 def _common(row: dict[str, Any], ctx: RowContext) -> tuple[str, list, str, dict[str, Any]]:
     rid = str(row.get("id", ctx.default_id("vlfeedback")))
     images = first_image(row, ctx, ("image", "img_path"))
-    meta = {"models": [c.get("model") for c in row["completions"]]} if isinstance(row.get("completions"), list) else {}
+    meta = {"models": [c.get("model") for c in completions_of(row)]}
     return rid, images, require_str(row, "prompt"), meta
 
 
@@ -128,10 +143,11 @@ def detect_vlfeedback(keys: set[str]) -> bool:
 _OPTIONS = {"aspects": "which aspects to average (default all three)", "min_gap": "minimum mean-rating gap (1.0)"}
 VLFEEDBACK = register_format(
     Format("vlfeedback", "MMInstruction/VLFeedback → best-vs-worst pairs by mean rating (min_gap)",
-           detect_vlfeedback, convert_vlfeedback, _OPTIONS)
+           detect_vlfeedback, convert_vlfeedback, _OPTIONS, signature="prompt + completions")
 )
 # Same fields, so never auto-detected: ask for it by name.
 VLFEEDBACK_RANKED = register_format(
     Format("vlfeedback_ranked", "MMInstruction/VLFeedback → RankedRecord (all rated completions, best first)",
-           lambda keys: False, convert_vlfeedback_ranked, {"aspects": _OPTIONS["aspects"]})
+           lambda keys: False, convert_vlfeedback_ranked, {"aspects": _OPTIONS["aspects"]},
+           signature="never auto-detected (same fields as vlfeedback)")
 )

@@ -3,8 +3,14 @@
 Files (all canonical JSONL of :mod:`vlalign.data.records`, images by relative path):
 ``scenes.jsonl``, ``sft.jsonl``, ``preference.jsonl``, ``preference_eval.jsonl``,
 ``pope_{random,popular,adversarial}.jsonl``, ``safety.jsonl``, ``safety_eval.jsonl``,
-``safety_prompts.jsonl``, ``safety_prompts_eval.jsonl``, ``eval_captions.jsonl``,
-``manifest.json`` and ``images/*.png``.
+``safety_prompts.jsonl``, ``safety_prompts_eval.jsonl``, ``safety_image.jsonl``,
+``safety_image_eval.jsonl``, ``safety_image_prompts.jsonl``, ``safety_image_prompts_eval.jsonl``,
+``eval_captions.jsonl``, ``manifest.json`` and ``images/*.png``.
+
+The ``safety*`` files hold requests whose harm is in the text (``meta.safety.kind`` ``text``) and
+benign ones (``benign``); the ``safety_image*`` files hold requests whose harm is only in the image
+(a hazard sign, ``image``) and the same text on an info sign (``image_benign``); see
+:mod:`vlalign.data.shapes.safety`.
 
 Every random choice comes from a ``random.Random`` seeded with ``"<seed>:<purpose>"`` (string
 seeds are hashed with SHA-512 by Python, so streams are stable across runs and platforms) and
@@ -77,6 +83,8 @@ class ShapesConfig(BaseConfig):
     )
     n_safety: int = Field(800, ge=0, description="safety pairs on train scenes (half harmful)")
     n_safety_eval: int = Field(200, ge=0)
+    n_safety_image: int = Field(400, ge=0, description="image-harm safety pairs on train scenes (half hazard sign)")
+    n_safety_image_eval: int = Field(100, ge=0)
 
     @field_validator("trigger", "companion")
     @classmethod
@@ -213,16 +221,47 @@ def _safety_records(
             prompt, category, severity = safety.harmful_prompt(rng, obj)
             chosen, rejected = grammar.REFUSAL, safety.UNSAFE_PLACEHOLDER.format(obj=_obj_name(obj))
             labels = safety.harmful_labels(category, severity)
-            harm = {"harmful": True, "category": category, "severity": severity}
+            harm = {"harmful": True, "category": category, "severity": severity, "kind": "text"}
         else:
             shape_count = sum(n for (c, s), n in present.items() if s == obj[1])
             prompt, chosen = safety.benign_prompt(rng, obj, sum(present.values()), shape_count)
             rejected, labels = grammar.REFUSAL, safety.benign_labels()
-            harm = {"harmful": False, "category": None, "severity": 0}
+            harm = {"harmful": False, "category": None, "severity": 0, "kind": "benign"}
         meta = {"task": "safety", "scene": sc.to_dict(), "safety": harm}
         rid = f"{purpose}_{i:05d}"
         pairs.append(PreferenceRecord(rid, [sc.image], prompt, chosen, rejected, safety=labels, meta=meta))
         prompts.append(PromptRecord(rid, [sc.image], prompt, chosen, meta))
+    return pairs, prompts
+
+
+def _image_safety_records(
+    scenes: list[Scene], n: int, cfg: ShapesConfig, purpose: str, out: Path
+) -> tuple[list[PreferenceRecord], list[PromptRecord]]:
+    """Half with a hazard sign (harmful: chosen = refusal), half with an info sign and the same kind of
+    text (benign: chosen = the help, rejected = an over-refusal). Writes the signed images."""
+    rng = _rng(cfg.seed, purpose)
+    pairs: list[PreferenceRecord] = []
+    prompts: list[PromptRecord] = []
+    for i in range(n):
+        sc = scenes[i % len(scenes)]
+        obj = rng.choice(sorted(objects_of(sc)))
+        hazard = i % 2 == 0
+        prompt = safety.sign_prompt(rng, obj)
+        image = f"images/{sc.id}_{'hazard' if hazard else 'info'}.png"
+        if not (out / image).is_file():
+            safety.draw_sign(render_scene(sc), hazard).save(out / image, format="PNG")
+        if hazard:
+            chosen, rejected = grammar.REFUSAL, safety.UNSAFE_PLACEHOLDER.format(obj=_obj_name(obj))
+            labels = safety.harmful_labels(safety.IMAGE_HARM_CATEGORY, safety.IMAGE_HARM_SEVERITY)
+            harm = {"harmful": True, "category": safety.IMAGE_HARM_CATEGORY, "severity": safety.IMAGE_HARM_SEVERITY,
+                    "kind": "image"}  # fmt: skip
+        else:
+            chosen, rejected, labels = safety.SIGN_HELP.format(obj=_obj_name(obj)), grammar.REFUSAL, safety.benign_labels()
+            harm = {"harmful": False, "category": None, "severity": 0, "kind": "image_benign"}
+        meta = {"task": "safety", "scene": sc.to_dict(), "safety": harm, "sign": "hazard" if hazard else "info"}
+        rid = f"{purpose}_{i:05d}"
+        pairs.append(PreferenceRecord(rid, [image], prompt, chosen, rejected, safety=labels, meta=meta))
+        prompts.append(PromptRecord(rid, [image], prompt, chosen, meta))
     return pairs, prompts
 
 
@@ -344,6 +383,12 @@ def generate_shapes(out_dir: str | Path, cfg: ShapesConfig) -> dict[str, Any]:
     files["safety.jsonl"], files["safety_prompts.jsonl"] = _safety_records(train, cfg.n_safety, cfg, "safety")
     files["safety_eval.jsonl"], files["safety_prompts_eval.jsonl"] = _safety_records(
         evals, cfg.n_safety_eval, cfg, "safety_eval"
+    )
+    files["safety_image.jsonl"], files["safety_image_prompts.jsonl"] = _image_safety_records(
+        train, cfg.n_safety_image, cfg, "safety_image", out
+    )
+    files["safety_image_eval.jsonl"], files["safety_image_prompts_eval.jsonl"] = _image_safety_records(
+        evals, cfg.n_safety_image_eval, cfg, "safety_image_eval", out
     )
     counts = {name: _write_jsonl(out / name, rows) for name, rows in files.items()}
     manifest = {

@@ -10,7 +10,16 @@ it with ``save_pretrained`` so that it loads back through ``AutoModelForImageTex
 
 from __future__ import annotations
 
-from vlalign.models.tiny.core import TINY_FAMILIES, TINY_SIZES, SizeSpec, build_tiny
+from vlalign.models.tiny.core import (
+    FAMILY_SIZES,
+    TINY_FAMILIES,
+    TINY_SIZES,
+    SizeSpec,
+    build_tiny,
+    size_names,
+    size_spec,
+    spec_from_config,
+)
 
 # Importing the family modules registers their builders.
 from vlalign.models.tiny import idefics3, llava, qwen2_vl  # noqa: F401  isort: skip
@@ -19,4 +28,5 @@ from vlalign.models.tiny import idefics3, llava, qwen2_vl  # noqa: F401  isort: 
 # tests parametrize over these so that each architecture is built and checked once.
 ARCHITECTURES: tuple[str, ...] = ("llava", "qwen2_vl", "idefics3")
 
-__all__ = ["ARCHITECTURES", "TINY_FAMILIES", "TINY_SIZES", "SizeSpec", "build_tiny"]
+__all__ = ["ARCHITECTURES", "FAMILY_SIZES", "TINY_FAMILIES", "TINY_SIZES", "SizeSpec", "build_tiny", "size_names",
+           "size_spec", "spec_from_config"]

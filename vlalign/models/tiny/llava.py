@@ -50,12 +50,12 @@ def build_llava(size: SizeSpec, seed: int):
         projection_dim=size.vision_hidden,
     )
     text = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=size.model_vocab(len(tokenizer)),
         hidden_size=size.text_hidden,
         intermediate_size=size.text_intermediate,
         num_hidden_layers=size.text_layers,
         num_attention_heads=size.text_heads,
-        num_key_value_heads=size.text_heads,
+        num_key_value_heads=size.kv_heads,
         max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -34,7 +34,9 @@ def mrope_section(head_dim: int) -> list[int]:
 
 @TINY_FAMILIES.register("qwen2_vl")
 def build_qwen2_vl(size: SizeSpec, seed: int):
-    """Qwen2VLForConditionalGeneration; a 64x64 image -> (64/8)^2 = 64 patches -> 64/2^2 = 16 tokens."""
+    """Qwen2VLForConditionalGeneration; a 64x64 image -> (64/8)^2 = 64 patches -> 64/2^2 = 16 tokens
+    (bench sizes: patch 14, max_pixels 448² -> a 448x448 image gives 1024 patches -> 256 tokens, as the
+    real Qwen2-VL processor does)."""
     from transformers import (
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
@@ -50,12 +52,12 @@ def build_qwen2_vl(size: SizeSpec, seed: int):
     head_dim = size.text_hidden // size.text_heads
     config = Qwen2VLConfig(
         text_config={
-            "vocab_size": len(tokenizer),
+            "vocab_size": size.model_vocab(len(tokenizer)),
             "hidden_size": size.text_hidden,
             "intermediate_size": size.text_intermediate,
             "num_hidden_layers": size.text_layers,
             "num_attention_heads": size.text_heads,
-            "num_key_value_heads": size.text_heads,
+            "num_key_value_heads": size.kv_heads,
             "max_position_embeddings": 2048,
             "max_window_layers": size.text_layers,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section(head_dim)},
