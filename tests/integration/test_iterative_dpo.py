@@ -156,13 +156,13 @@ def test_hybrid_dpo_then_grpo_as_one_command(tmp_path):
 
 def test_config_errors_name_the_key(tmp_path):
     base = _cfg(tmp_path, rounds=1, steps=2)
-    with pytest.raises(ConfigError, match="best_worst"):
+    with pytest.raises(ConfigError, match="`pairing`: .*best_worst"):
         load_config(IterativeDPOConfig, None, [], defaults={**base, "pairing": "best_wrost"})
-    with pytest.raises(ConfigError, match="dpo.max_steps"):
+    with pytest.raises(ConfigError, match="`dpo.max_steps`"):
         load_config(IterativeDPOConfig, None, [], defaults={**base, "dpo": {"loss": "dpo"}})
-    with pytest.raises(ConfigError, match="lerning_rate"):
+    with pytest.raises(ConfigError, match="unknown key `dpo.lerning_rate`"):
         load_config(IterativeDPOConfig, None, [], defaults={**base, "dpo": {**base["dpo"], "lerning_rate": 1.0}})
-    with pytest.raises(ConfigError, match="then.algorithm"):
+    with pytest.raises(ConfigError, match="`then.algorithm`"):
         load_config(IterativeDPOConfig, None, [], defaults={**base, "then": {"algorithm": "ppx"}})
 
 

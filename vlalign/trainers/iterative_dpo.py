@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from vlalign.config import BaseConfig, save_config
 from vlalign.config.base import deep_merge
@@ -78,6 +78,13 @@ class FollowUpRL(BaseConfig):
     """The RL stage after the DPO rounds (hybrid DPO → RL): same reward, from the last round's model."""
 
     algorithm: str = Field("grpo", description="grpo | dr_grpo | rloo | ppo")
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, name: str) -> str:
+        if name not in RL_CONFIGS:
+            raise ValueError(f"must be one of {', '.join(RL_CONFIGS)}; got {name!r}")
+        return name
     config: dict[str, Any] = Field(
         default_factory=dict, description="keys of that trainer's config (max_steps, per_device_batch_size, "
         "rollout, kl_coef, learning_rate, replay, save_steps ...); output_dir, seed, model, reward and data.train "
@@ -110,19 +117,39 @@ class IterativeDPOConfig(BaseConfig):
     resume: bool = Field(False, description="continue the run in output_dir (per round and within a round)")
     overwrite: bool = Field(False, description="a fresh run in a folder with rounds deletes them first")
 
+    @field_validator("pairing")
+    @classmethod
+    def _known_pairing(cls, name: str) -> str:
+        """An unknown rule fails when the config is read (``pairing``: did-you-mean), not after a round of sampling."""
+        try:
+            PAIRINGS.get(name)
+        except KeyError as exc:
+            raise ValueError(str(exc).strip('"')) from None
+        return name
+
     @model_validator(mode="after")
     def _stages_valid(self) -> IterativeDPOConfig:
-        PAIRINGS.get(self.pairing)  # unknown rule → did-you-mean, when the config is read
+        """Each round's DPO config and the RL stage's are built (and so checked) when the config is read;
+        their errors keep their keys, under ``dpo.`` and ``then.config.``."""
         if self.dpo.get("max_steps") is None:
-            raise ValueError("dpo.max_steps (DPO steps per round) must be set: it is the round's budget")
-        for what, build in (("dpo", lambda: round_dpo_config(self, 0, Path("model"), Path("pairs.jsonl"))),
-                            ("then", lambda: self.then and rl_stage_config(self, Path("model")))):  # fmt: skip
+            raise nested_error(type(self).__name__, ("dpo", "max_steps"), self.dpo,
+                               "DPO steps per round must be set: it is the round's budget")  # fmt: skip
+        stages = ((("dpo",), self.dpo, lambda: round_dpo_config(self, 0, Path("model"), Path("pairs.jsonl"))),
+                  (("then", "config"), self.then and self.then.config, lambda: self.then and rl_stage_config(self, Path("model"))))  # fmt: skip
+        for where, section, build in stages:
             try:
                 build()
-            except ValidationError as err:
-                raise ValueError(f"{what}: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                                         for e in err.errors())) from None  # fmt: skip
+            except ValidationError as err:  # a section-wide error shows the section as written, not the merged one
+                raise ValidationError.from_exception_data(type(self).__name__, [
+                    {"type": e["type"], "loc": (*where, *e["loc"]), "input": e["input"] if e["loc"] else section,
+                     **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in err.errors()]) from None  # fmt: skip
         return self
+
+
+def nested_error(title: str, loc: tuple[str, ...], value: Any, message: str) -> ValidationError:
+    """A validation error at ``loc`` (a key inside a dict section), so the config error names that key."""
+    return ValidationError.from_exception_data(title, [{"type": "value_error", "loc": loc, "input": value,
+                                                        "ctx": {"error": ValueError(message)}}])  # fmt: skip
 
 
 def round_dpo_config(cfg: IterativeDPOConfig, r: int, policy: Path, pair_file: Path) -> Any:
@@ -137,8 +164,6 @@ def round_dpo_config(cfg: IterativeDPOConfig, r: int, policy: Path, pair_file: P
 def rl_stage_config(cfg: IterativeDPOConfig, policy: Path) -> Any:
     """The ``then`` stage's RL config from ``policy`` on the run's reward (and prompts unless given)."""
     assert cfg.then is not None
-    if cfg.then.algorithm not in RL_CONFIGS:
-        raise ValueError(f"then.algorithm must be one of {', '.join(RL_CONFIGS)}; got {cfg.then.algorithm!r}")
     module, name = RL_CONFIGS[cfg.then.algorithm]
     cls = getattr(importlib.import_module(module), name)
     defaults = {"output_dir": str(Path(cfg.output_dir) / "rl"), "seed": cfg.seed, "data": {"train": cfg.prompts},
