@@ -121,11 +121,7 @@ class IterativeDPOConfig(BaseConfig):
     @classmethod
     def _known_pairing(cls, name: str) -> str:
         """An unknown rule fails when the config is read (``pairing``: did-you-mean), not after a round of sampling."""
-        try:
-            PAIRINGS.get(name)
-        except KeyError as exc:
-            raise ValueError(str(exc).strip('"')) from None
-        return name
+        return PAIRINGS.known(name)
 
     @model_validator(mode="after")
     def _stages_valid(self) -> IterativeDPOConfig:
