@@ -40,6 +40,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from vlalign.config import BaseConfig, save_config
 from vlalign.config.base import deep_merge
+from vlalign.data.images import normalize_ref
 from vlalign.data.io import write_jsonl
 from vlalign.data.records import PreferenceRecord, to_dict
 from vlalign.models.load import ModelConfig
@@ -162,7 +163,9 @@ def rl_stage_config(cfg: IterativeDPOConfig, policy: Path) -> Any:
     assert cfg.then is not None
     module, name = RL_CONFIGS[cfg.then.algorithm]
     cls = getattr(importlib.import_module(module), name)
-    defaults = {"output_dir": str(Path(cfg.output_dir) / "rl"), "seed": cfg.seed, "data": {"train": cfg.prompts},
+    # data.train absolute: the RL loader resolves image paths against the data file's folder a second time
+    # when the file is named relative to the working directory
+    defaults = {"output_dir": str(Path(cfg.output_dir) / "rl"), "seed": cfg.seed, "data": {"train": str(Path(cfg.prompts).resolve())},
                 "reward": cfg.reward.model_dump(), **({"advantage_estimator": cfg.then.algorithm}
                                                        if cfg.then.algorithm in PG_FAMILY else {})}  # fmt: skip
     fixed = {"model": {**cfg.model.model_dump(), "name_or_path": str(policy)}, "resume": True}
@@ -239,12 +242,13 @@ def group_pairs(group: ScoredGroup, rule: str, min_margin: float, source: str) -
     return out, None
 
 
-def absolute_images(records: Sequence[Any], base_dir: str) -> list[Any]:
-    """Relative image paths → absolute under ``base_dir``, so the round's files load from anywhere."""
-    base = Path(base_dir).resolve()
-    for r in records:
-        r.images = [str(base / p) if isinstance(p, str) and not Path(p).is_absolute() else p for p in r.images]
-    return list(records)
+def absolute_images(records: Sequence[Any]) -> list[Any]:
+    """Image paths → absolute, so the rounds' pair files load from any folder. The loader joins a relative
+    path to the data file's folder, relative to the working directory when that folder is given relatively."""
+    out, here = list(records), Path.cwd()
+    for r in out:  # the loaded sequence may build its records anew on each access: change the list's own
+        r.images = [normalize_ref(p, here) if isinstance(p, str) else p for p in r.images]
+    return out
 
 
 def round_prompts(n: int, rounds_before: int, per_round: int, seed: int) -> list[int]:
@@ -385,12 +389,11 @@ def train_iterative_dpo(cfg: IterativeDPOConfig, stop_after: int | None = None) 
 
     ``stop_after`` (tests, fault injection): a simulated kill after that many DPO steps of this call,
     counted over the rounds it trains."""
-    from vlalign.data.collate import default_base_dir
     from vlalign.data.validate import load_records
     from vlalign.rewards import build_source
 
     out = open_iterative(cfg)
-    records = absolute_images(load_records(cfg.prompts, format=cfg.format).records, default_base_dir(cfg.prompts))
+    records = absolute_images(load_records(cfg.prompts, format=cfg.format).records)
     if not records:
         raise ValueError(f"{cfg.prompts}: no prompt records; point `prompts` at prompt rows (e.g. Shapes eval_captions.jsonl)")
     source = build_source(cfg.reward)
