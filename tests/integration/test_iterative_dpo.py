@@ -73,7 +73,7 @@ def test_round_prompts_visit_every_row_once_per_pass():
 
 
 # The learning test: ROUNDS rounds; the sampled reward's rise from round 0 to the last round, measured by
-# scripts/learning_spread.py over seeds 0-4 (AMD EPYC, AVX2, 2 threads): native = avx2 0.39 0.27 0.21 0.20
+# scripts/learning_spread.py -m slow over seeds 0-4 (AMD EPYC, AVX2, 2 threads): native = avx2 0.39 0.27 0.21 0.20
 # 0.20, ATEN_CPU_CAPABILITY=default 0.38 0.30 0.20 0.21 0.20 (mean 0.25 ± 0.08 over the 15 runs). The
 # bound, 0.09, is under half the smallest rise (0.195), so another CPU's rounding (like another seed) has room.
 ROUNDS = 5
@@ -93,6 +93,7 @@ def _cfg(tmp: Path, rounds: int, steps: int, seed: int = 0, data: Path | None = 
     }  # fmt: skip
 
 
+@pytest.mark.slow  # ~15 s: 5 rounds of sampling and DPO
 def test_sampled_reward_rises_over_rounds(tmp_path, learning):
     # Toy task: reward = share of spaces in the answer (a random policy: ~0.12). ROUNDS rounds of 8 prompts ×
     # 4 samples, 4 DPO steps per round; the mean score of the last round's samples (the policy after
