@@ -100,6 +100,7 @@ RECIPE_CLASSES = {
     "experiments/active_learning": "vlalign.experiments.active_learning:ActiveLearningConfig",
     "sft_": "vlalign.trainers.configs:SFTConfig",
     "dpo_": "vlalign.trainers.configs:DPOConfig",
+    "iterative_dpo_": "vlalign.trainers.iterative_dpo:IterativeDPOConfig",
     "grpo_": "vlalign.trainers.grpo:GRPOConfig",
     "rloo_": "vlalign.trainers.rloo:RLOOConfig",
     "ppo_": "vlalign.trainers.ppo:PPOConfig",

@@ -40,6 +40,15 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(self._items))}."
             ) from None
 
+    def known(self, name: str) -> str:
+        """``name`` if registered, else the same message as a ValueError: what a pydantic validator raises,
+        so a config error names the key that holds the unknown name."""
+        try:
+            self.get(name)
+        except KeyError as exc:
+            raise ValueError(str(exc).strip('"')) from None
+        return name
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 

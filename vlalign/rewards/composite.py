@@ -78,11 +78,7 @@ class RewardSourceConfig(BaseConfig):
         """Unknown names fail when the config is read (with a did-you-mean), not after model loading."""
         import vlalign.rewards  # noqa: F401  (registers every source)
 
-        try:
-            REWARD_SOURCES.get(name)
-        except KeyError as exc:
-            raise ValueError(str(exc).strip('"')) from None
-        return name
+        return REWARD_SOURCES.known(name)
 
     @model_validator(mode="before")
     @classmethod

@@ -52,6 +52,28 @@ def register(app: typer.Typer) -> None:
         """Preference optimisation: loss=dpo|cdpo|ipo|hinge|simpo|orpo|kto|mdpo|dense_dpo."""
         _run("dpo", config, overrides)
 
+    @app.command("iterative-dpo")
+    def iterative_dpo(config: Path = CONFIG_OPTION, overrides: list[str] = OVERRIDES_ARG) -> None:
+        """Online DPO: rounds of sample (current policy) → score (any reward source) → pairs → DPO; then RL."""
+        _run_iterative(config, overrides)
+
+
+def _run_iterative(config: Path | None, overrides: list[str] | None) -> None:
+    offline_by_default()
+    from vlalign.trainers.iterative_dpo import IterativeDPOConfig
+
+    cfg = resolve_config(IterativeDPOConfig, config, overrides)
+    from vlalign.trainers.iterative_dpo import train_iterative_dpo
+
+    try:
+        summary = train_iterative_dpo(cfg)
+    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as exc:
+        fail(str(exc).strip("'\""), code=1 if isinstance(exc, RuntimeError) else 2)
+    else:
+        typer.echo(f"done: {len(summary['rounds'])} rounds, {summary['samples']} answers sampled and scored, "
+                   f"{summary['dpo_steps']} DPO steps{', then ' + summary['rl']['algorithm'] if summary['rl'] else ''}; "
+                   f"final model {summary['final']}")
+
 
 def main() -> None:
     """``python -m vlalign.trainers.cli dpo ...``: the trainer commands alone (used by tests and by
