@@ -116,3 +116,14 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     rows = [r for r in read_metrics(cfg.output_dir) if "reward/mean" in r]
     # the resumed run re-samples rollouts 3 and 4 with the restored sampling RNG: same rewards
     assert [r["reward/mean"] for r in rows if r["step"] > 2][-2:] == rewards_full[2:]
+
+
+def test_grpo_runs_from_a_relative_data_path(tmp_path, monkeypatch):
+    """``data.train`` relative to the working folder (as the README's recipes give it): the loader resolves
+    image paths against the data file's folder once; the rollout must not join that folder again."""
+    model = tiny_llava(tmp_path.parent / "models")
+    prompt_file(tmp_path / "data", n=4)
+    monkeypatch.chdir(tmp_path)
+    cfg, res = _run("grpo", rl_overrides(Path("."), model, Path("data/prompts.jsonl"), max_steps=1,
+                                         per_device_batch_size=2))
+    assert res["steps"] == 1 and (tmp_path / cfg.output_dir / "final" / "config.json").is_file()

@@ -122,16 +122,17 @@ class RLRun(Run):
 # ------------------------------------------------------------------------------------------ set-up
 
 
-def load_prompt_records(cfg: RLConfig) -> tuple[list[Any], str]:
-    """Prompt records of ``data.train`` (any supported format) and the folder images resolve against."""
-    from vlalign.data.collate import default_base_dir
+def load_prompt_records(cfg: RLConfig) -> tuple[list[Any], str | None]:
+    """Prompt records of ``data.train`` (any supported format) and the folder images resolve against:
+    none, because ``load_records`` already resolved relative image paths against ``data.image_root`` or
+    the data file's folder (joining that folder again would look for ``runs/shapes/runs/shapes/...``)."""
     from vlalign.data.validate import load_records
 
     result = load_records(cfg.data)  # the whole data: section (split, subset, revision, options, report, ...)
     records = result.records[: cfg.data.limit] if cfg.data.limit else result.records
     if not records:
         raise ValueError(f"{cfg.data.train}: no usable prompt rows; RL needs records with images + prompt")
-    return records, cfg.data.image_root or default_base_dir(cfg.data.train)
+    return records, None
 
 
 def start_rl_run(cfg: RLConfig, modules: Callable[[Any], dict[str, Any]] | None = None,
