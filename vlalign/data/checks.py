@@ -42,6 +42,10 @@ def text_fields(rec: Record) -> Iterator[tuple[str, Any]]:
             yield name, getattr(rec, name)
     for j, resp in enumerate(getattr(rec, "responses", None) or []):
         yield f"responses[{j}]", resp
+    critique = getattr(rec, "critique", None)
+    if critique is not None:
+        yield "critique.chosen", critique.chosen
+        yield "critique.rejected", critique.rejected
     for side in ("rejected_segments", "chosen_segments"):
         for j, seg in enumerate(getattr(rec, side, None) or []):
             if seg.correction is not None:
@@ -153,6 +157,13 @@ def check_preference(rec: PreferenceRecord, images: ImageChecker) -> list[Proble
             out.append(("safety.severity", f"severity must be an integer >= 0, got {sev!r}", "use 0 (none) .. 3"))
     if rec.margin is not None:
         out += _finite(rec.margin, "margin")
+    if rec.critique is not None:
+        out += _nonempty(rec.critique.chosen, "critique.chosen") + _nonempty(rec.critique.rejected, "critique.rejected")
+        scores = [(k, getattr(rec.critique, k)) for k in ("chosen_score", "rejected_score")]
+        out += [p for k, v in scores if v is not None for p in _finite(v, f"critique.{k}")]
+        if sum(v is None for _, v in scores) == 1:
+            out.append(("critique", "only one of chosen_score / rejected_score is given",
+                        "give both scores (regression) or neither (pairwise loss)"))
     return out + check_ratings(rec.ratings)
 
 

@@ -43,6 +43,24 @@ def shapes(
     typer.echo(f"wrote {manifest['n_images']} images and {counts} to {out} in {time.perf_counter() - t0:.1f}s")
 
 
+@data_app.command("critiques")
+def critiques_cmd(
+    path: Path = typer.Argument(..., help="Shapes preference file (preference.jsonl, preference_eval.jsonl)"),
+    out: Path = typer.Option(..., "--out", "-o", help="JSONL to write: the same rows with `critique` filled in"),
+) -> None:
+    """Write a critique of both answers of every Shapes pair, from the scene's ground truth (for `vlalign rm
+    model.kind=critique`)."""
+    import json
+
+    from vlalign.data.shapes.critique import write_critique_file
+
+    try:
+        n = write_critique_file(path, out)
+    except (OSError, json.JSONDecodeError, ValueError, TypeError) as exc:
+        fail(f"{path}: {exc}")
+    typer.echo(f"wrote {n} pairs with critiques to {out}")
+
+
 def _format_options(items: list[str] | None) -> dict:
     from vlalign.config.base import ConfigError, parse_overrides
 

@@ -120,7 +120,7 @@ def write_records(records: Iterable[Record], out_dir: str | Path, filename: str 
 
 # Free-form fields whose shape differs from row to row: stored as JSON text in Arrow tables (the canonical
 # adapter reads them back), so one table holds every row whatever its metadata.
-JSON_TEXT_FIELDS = ("meta", "ratings", "conversation", "safety", "rejected_segments", "chosen_segments")
+JSON_TEXT_FIELDS = ("meta", "ratings", "conversation", "safety", "critique", "rejected_segments", "chosen_segments")
 TABLE_FEATURES = datasets.Features({
     "id": datasets.Value("string"),
     "images": datasets.List(datasets.Image()),

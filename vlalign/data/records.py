@@ -15,7 +15,7 @@ prompt), so such rows read exactly as before.
 Record kinds (the ``kind`` of a file is implied by which of these it holds):
 - :class:`PromptRecord`     — image(s) + prompt, optional reference answer and ground truth (SFT, RL, eval).
 - :class:`PreferenceRecord` — image(s) + prompt + chosen/rejected; optional RLHF-V segment corrections,
-  per-aspect ratings and safety labels.
+  per-aspect ratings, safety labels and critiques of both answers.
 - :class:`RankedRecord`     — image(s) + prompt + K responses ordered best first (Plackett–Luce).
 - :class:`UnpairedRecord`   — image(s) + prompt + one completion labelled desirable or not (KTO).
 """
@@ -61,6 +61,20 @@ class SafetyLabels:
 
 
 @dataclass
+class CritiqueLabels:
+    """Written critiques of both answers of a pair (MM-RLHF's critique reward model trains on them).
+
+    ``chosen`` / ``rejected`` are the critique texts; ``chosen_score`` / ``rejected_score``, when both
+    are given, are absolute scores the critique model's head regresses instead of the pairwise term.
+    """
+
+    chosen: str
+    rejected: str
+    chosen_score: float | None = None
+    rejected_score: float | None = None
+
+
+@dataclass
 class PromptRecord:
     id: str
     images: list[ImageRef]
@@ -84,6 +98,7 @@ class PreferenceRecord:
     ratings: dict[str, dict[str, float]] = field(default_factory=dict)  # {"chosen": {aspect: score}, ...}
     safety: SafetyLabels | None = None
     margin: float | None = None  # optional preference strength (reward-model margin)
+    critique: CritiqueLabels | None = None  # critiques of both answers (critique reward models)
     meta: dict[str, Any] = field(default_factory=dict)
     conversation: list[dict[str, Any]] | None = None
 
@@ -146,4 +161,6 @@ def from_dict(row: dict[str, Any]) -> Record:
             kwargs[key] = [s if isinstance(s, Segment) else Segment(**s) for s in kwargs.get(key) or []]
         if isinstance(kwargs.get("safety"), dict):
             kwargs["safety"] = SafetyLabels(**kwargs["safety"])
+        if isinstance(kwargs.get("critique"), dict):
+            kwargs["critique"] = CritiqueLabels(**kwargs["critique"])
     return cls(**kwargs)

@@ -91,8 +91,9 @@ def record_json(rec: Record) -> str:
     for key in ("rejected_segments", "chosen_segments"):
         if key in row:
             row[key] = [vars(s) for s in row[key]]
-    if row.get("safety") is not None:
-        row["safety"] = vars(row["safety"])
+    for key in ("safety", "critique"):
+        if row.get(key) is not None:
+            row[key] = vars(row[key])
     return json.dumps(row, ensure_ascii=True)  # ascii: lone surrogates stay escapes until the check names them
 
 

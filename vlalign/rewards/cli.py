@@ -64,6 +64,9 @@ def register(app: typer.Typer) -> None:
     def rm(config: Path = CONFIG_OPTION, overrides: list[str] = OVERRIDES_ARG) -> None:
         """Train a reward model (any VLM + scalar head): Bradley–Terry on pairs, Plackett–Luce on rankings.
 
+        `model.kind=critique` trains a critique reward model (it writes a critique, then scores; pairs need
+        `critique` labels, e.g. from `vlalign data critiques`); `model.facts=true` makes the model read
+        each row's facts (meta.facts or the Shapes scene) before the prompt (Fact-RLHF).
         `vlalign rm distill --config ... teacher=DIR` distils a trained reward model into a smaller
         student backbone (regressing the teacher's scores).
         """

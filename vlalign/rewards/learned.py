@@ -4,7 +4,10 @@
 folder; it reads ``reward_model.json`` (written by ``vlalign rm`` / ``cost-model`` / ``rm distill``),
 loads the backbone through the shared model loader and restores the scalar head. Registered
 sources: ``learned`` (a reward model) and ``cost`` (a Safe RLHF cost model: cost > 0 means unsafe;
-``negate: true`` turns it into a reward for a composite).
+``negate: true`` turns it into a reward for a composite). A model trained with ``model.facts: true``
+(Fact-RLHF) reads each sample's facts before its prompt, taken from ``Sample.meta`` (``facts`` or the Shapes
+``scene``); the sources' ``facts`` option overrides what the saved model says. Critique reward models
+(``kind: critique``) are scored by the ``critique_rm`` source (:mod:`vlalign.rewards.critique`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import torch
 from vlalign.rewards.base import REWARD_SOURCES, RewardOutput, Sample
 
 META_FILE = "reward_model.json"
+# a saved model's kind -> the reward source that scores it (for the error when the wrong one is asked for)
+SOURCE_OF_KIND = {"reward": "learned", "cost": "cost", "critique": "critique_rm"}
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -47,13 +52,21 @@ def _image_ref(img: Any) -> Any:
 
 @dataclass
 class LoadedScalarModel:
-    """A backbone + scalar head ready to score; ``kind`` is ``reward`` or ``cost``."""
+    """A backbone + scalar head ready to score; ``kind`` is ``reward``, ``cost`` or ``critique``; ``facts``:
+    the prompts get each sample's facts in front (the layout a Fact-RLHF model was trained on)."""
 
     model: Any  # vlalign.models.heads.ScalarHeadModel, eval mode
     processor: Any
     kind: str
     path: Path
     max_length: int = 1024
+    facts: bool = False
+
+    def view(self, records: list[Any]) -> list[Any]:
+        """Records as this model reads them (facts in front of the prompt when ``facts``)."""
+        from vlalign.rewards.rm_inputs import with_facts
+
+        return with_facts(records) if self.facts else records
 
     def _dataset(self, records: list[Any], kind: str) -> Any:
         from vlalign.data.collate import CollateConfig, EncodedDataset
@@ -74,13 +87,13 @@ class LoadedScalarModel:
         """(N,) score of each (images, prompt, response)."""
         from vlalign.data.records import PromptRecord
 
-        records = [PromptRecord(f"sample_{i}", [_image_ref(im) for im in s.images], s.prompt, s.response)
-                   for i, s in enumerate(samples)]  # fmt: skip
-        return self._score(self._dataset(records, "sft"), batch_size, 1)[:, 0]
+        records = [PromptRecord(f"sample_{i}", [_image_ref(im) for im in s.images], s.prompt, s.response,
+                                dict(s.meta)) for i, s in enumerate(samples)]  # fmt: skip
+        return self._score(self._dataset(self.view(records), "sft"), batch_size, 1)[:, 0]
 
     def score_records(self, records: list[Any], batch_size: int = 8) -> torch.Tensor:
         """(N, 2) scores of the chosen and rejected answers of preference records."""
-        return self._score(self._dataset(records, "pair"), batch_size, 2)
+        return self._score(self._dataset(self.view(list(records)), "pair"), batch_size, 2)
 
 
 def load_reward_model(path: str | Path, device: str = "cpu", dtype: str = "float32") -> LoadedScalarModel:
@@ -99,10 +112,17 @@ def load_reward_model(path: str | Path, device: str = "cpu", dtype: str = "float
     else:
         loaded = load_model(ModelConfig(name_or_path=str(folder), dtype=dtype))  # type: ignore[arg-type]
         backbone, processor = loaded.model, loaded.processor
-    model = ScalarHeadModel(backbone)
+    kind = meta.get("kind", "reward")
+    if kind == "critique":  # its forward also gives the critique's log-probs
+        from vlalign.models.critique_head import CritiqueHeadModel
+
+        model: Any = CritiqueHeadModel(backbone)
+    else:
+        model = ScalarHeadModel(backbone)
     model.load_head(folder)
     model = model.to(device).eval()
-    return LoadedScalarModel(model, processor, meta.get("kind", "reward"), folder, int(meta.get("max_length", 1024)))
+    return LoadedScalarModel(model, processor, kind, folder, int(meta.get("max_length", 1024)),
+                             bool(meta.get("facts", False)))
 
 
 class LearnedReward:
@@ -111,12 +131,14 @@ class LearnedReward:
     expected_kind: str | None = None
 
     def __init__(self, path: str, batch_size: int = 8, device: str = "cpu", negate: bool = False,
-                 loaded: LoadedScalarModel | None = None):
+                 loaded: LoadedScalarModel | None = None, facts: bool | None = None):
         self.scorer = loaded if loaded is not None else load_reward_model(path, device)
         if self.expected_kind and self.scorer.kind != self.expected_kind:
-            other = "cost" if self.scorer.kind == "cost" else "learned"
+            other = SOURCE_OF_KIND.get(self.scorer.kind, "learned")
             raise ValueError(f"{path} holds a {self.scorer.kind} model but source {self.name!r} expects a "
                              f"{self.expected_kind} model; fix: use source {other!r}")
+        if facts is not None:  # None = as the model was trained
+            self.scorer.facts = facts
         self.batch_size, self.sign = batch_size, -1.0 if negate else 1.0
 
     name = "learned"

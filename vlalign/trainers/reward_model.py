@@ -9,6 +9,11 @@ Chosen and rejected answers of a pair go through ONE forward (the collator's res
   cost > 0 ⇔ unsafe, on safety-labelled pairs (``safety.safer`` may name either side);
 - distillation: a smaller student regresses a trained teacher's scores (precomputed once).
 
+``model.kind`` picks the reward model from :data:`RM_KINDS`: ``scalar`` (the head reads prompt + answer) or
+``critique`` (MM-RLHF: the model writes a critique first and the head reads it too;
+:mod:`vlalign.trainers.critique_rm`). ``model.facts: true`` (Fact-RLHF) puts each row's ground-truth facts
+in front of its prompt (:mod:`vlalign.rewards.rm_inputs`), in training, held-out evaluation and scoring.
+
 Every run evaluates on held-out pairs before and after training (accuracy, margin histogram, ECE of
 σ(r_c − r_r); for cost models also how often sign(cost) matches the safety label) into
 ``metrics.json``, and saves ``final/`` so that :func:`vlalign.rewards.learned.load_reward_model`
@@ -22,19 +27,25 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from vlalign.config import BaseConfig
 from vlalign.data.collate import CollateConfig, EncodedDataset, collate, encode_response, fit_response
 from vlalign.data.validate import load_records
 from vlalign.models.heads import ScalarHeadModel
+from vlalign.models.load import ModelConfig
 from vlalign.objectives import bradley_terry_loss, plackett_luce_loss, safe_rlhf_cost_loss
+from vlalign.registry import Registry
+from vlalign.rewards.rm_inputs import with_facts
 from vlalign.rewards.rm_metrics import pairwise_report, safety_report
 from vlalign.trainers.configs import TrainConfig
 from vlalign.trainers.run import attach_dataset, collate_config, side_data, start_run
 from vlalign.trainers.step import StepResult, mean_over
 
 META_FILE = "reward_model.json"
+
+# model.kind -> fn(cfg, records, stop_after) -> metrics: how `vlalign rm` trains that kind of reward model
+RM_KINDS: Registry = Registry("reward model kind")
 
 
 class EvalSettings(BaseConfig):
@@ -52,9 +63,35 @@ class ScalarModelConfig(TrainConfig):
     eval: EvalSettings = Field(default_factory=EvalSettings)
 
 
+class RewardModelSettings(ModelConfig):
+    """The ``model:`` section of ``vlalign rm``: the backbone (as every trainer loads it) + what the RM reads."""
+
+    kind: str = Field("scalar", description="scalar = head on prompt + answer; critique = the model writes a "
+                                            "critique first, the head reads it too (MM-RLHF)")
+    facts: bool = Field(False, description="put each row's facts (meta.facts, or the Shapes scene's objects) "
+                                           "before its prompt, so the RM judges agreement with them (Fact-RLHF)")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        return RM_KINDS.known(v)
+
+
+class CritiqueSettings(BaseConfig):
+    """How a critique reward model (``model.kind: critique``) trains; rows need ``critique`` labels."""
+
+    lm_weight: float = Field(1.0, ge=0, description="weight of the critique NLL beside the score term "
+                                                    "(Bradley–Terry, or regression where rows carry scores)")
+    eval_generated: int = Field(0, ge=0, description="held-out pairs also scored with the model's own greedy "
+                                                     "critiques, as the critique_rm source scores (slow); 0 = off")
+    max_new_tokens: int = Field(48, ge=1, description="longest critique generated for eval_generated")
+
+
 class RewardModelConfig(ScalarModelConfig):
     """Bradley–Terry on preference pairs; Plackett–Luce when the data holds ranked lists."""
 
+    model: RewardModelSettings
+    critique: CritiqueSettings = Field(default_factory=CritiqueSettings)
     use_margins: bool = Field(False, description="require r_c − r_r ≥ the record's `margin` (Llama-2 style)")
     center_coef: float = Field(0.0, ge=0, description="× (r_c + r_r)²: keeps rewards centred on 0")
 
@@ -201,11 +238,21 @@ def score_pairs(model: Any, dataset: EncodedDataset, batch_size: int) -> tuple[t
     return torch.cat(cs), torch.cat(rs)
 
 
+def model_view(cfg: Any, records: list[Any]) -> list[Any]:
+    """The records as the model reads them: with their facts in front of the prompt when ``model.facts``."""
+    return with_facts(list(records)) if getattr(cfg.model, "facts", False) else records
+
+
+def eval_records(cfg: ScalarModelConfig) -> list[Any]:
+    """The held-out rows (``eval.data``, first ``eval.limit``) as the model reads them."""
+    return model_view(cfg, load_records(side_data(cfg.data, cfg.eval.data, "eval")).records[: cfg.eval.limit])
+
+
 def evaluate_scalar_model(model: Any, processor: Any, cfg: ScalarModelConfig, kind: str) -> dict[str, Any] | None:
     """Held-out report for a reward (``kind="reward"``) or cost model; None when no eval data is set."""
     if cfg.eval.data is None:
         return None
-    records = load_records(side_data(cfg.data, cfg.eval.data, "eval")).records[: cfg.eval.limit]
+    records = eval_records(cfg)
     dataset = EncodedDataset(records, processor, collate_config(cfg), "pair")
     chosen, rejected = score_pairs(model, dataset, cfg.eval.batch_size)
     if kind != "cost":
@@ -235,16 +282,18 @@ def save_scalar_model(run: Any, kind: str, extra: dict[str, Any] | None = None) 
 
 
 def _run_scalar(cfg: ScalarModelConfig, kind: str, records: list[Any] | None, make: Any,
-                stop_after: int | None = None) -> dict[str, Any]:
+                stop_after: int | None = None, wrap_model: Any = ScalarHeadModel,
+                evaluate: Any = evaluate_scalar_model) -> dict[str, Any]:
     """Shared body of rm / cost-model / distill: start, evaluate, train, evaluate, save, write metrics.
 
     ``make(run) -> (dataset, micro_step, unit)``: the encoded rows, the sum-style micro-step and the
-    name of the unit its sums are over (pairs, rankings)."""
-    run = start_run(cfg, records, wrap_model=ScalarHeadModel)
+    name of the unit its sums are over (pairs, rankings). ``evaluate(model, processor, cfg, kind)`` gives
+    the held-out report before and after training."""
+    run = start_run(cfg, records, wrap_model=wrap_model)
     try:
         metrics: dict[str, Any] = {"kind": kind}
         if cfg.eval.before_training:
-            metrics["before"] = evaluate_scalar_model(run.acc.unwrap_model(run.model), run.processor, cfg, kind)
+            metrics["before"] = evaluate(run.acc.unwrap_model(run.model), run.processor, cfg, kind)
         dataset, micro_step, unit = make(run)
         attach_dataset(run, dataset)
         loss_fn = mean_over(unit, micro_step)
@@ -255,8 +304,9 @@ def _run_scalar(cfg: ScalarModelConfig, kind: str, records: list[Any] | None, ma
             if run.end_step(step, outcome.metrics, outcome.finite):
                 break
 
-        metrics["after"] = evaluate_scalar_model(run.acc.unwrap_model(run.model), run.processor, cfg, kind)
-        saved = save_scalar_model(run, kind, {"max_length": cfg.data.max_length})
+        metrics["after"] = evaluate(run.acc.unwrap_model(run.model), run.processor, cfg, kind)
+        saved = save_scalar_model(run, kind, {"max_length": cfg.data.max_length,
+                                              "facts": bool(getattr(cfg.model, "facts", False))})
         summary = run.summary(saved)
         metrics.update(steps=summary["steps"], skipped_steps=summary["skipped_steps"], saved=saved,
                        stop_reason=summary["stop_reason"])
@@ -269,19 +319,35 @@ def _run_scalar(cfg: ScalarModelConfig, kind: str, records: list[Any] | None, ma
 
 def train_reward_model(cfg: RewardModelConfig, records: list[Any] | None = None,
                        stop_after: int | None = None) -> dict[str, Any]:
+    """The reward model ``model.kind`` names (:data:`RM_KINDS`); returns the metrics."""
+    return RM_KINDS.get(cfg.model.kind)(cfg, records, stop_after)
+
+
+@RM_KINDS.register("scalar")
+def train_scalar_reward_model(cfg: RewardModelConfig, records: list[Any] | None = None,
+                              stop_after: int | None = None) -> dict[str, Any]:
     """Bradley–Terry (pairs) or Plackett–Luce (ranked lists) reward model; returns the metrics."""
 
     def make(run: Any) -> tuple[Any, Any, str]:
         collate_cfg = collate_config(cfg)
+        rows = model_view(cfg, run.records)
         if _kind_of(run.records) == "ranked":
-            ds = RankedDataset([_RankedAsPrompt(r) for r in run.records], run.processor, collate_cfg)
+            ds = RankedDataset([_RankedAsPrompt(r) for r in rows], run.processor, collate_cfg)
             ds.check_all(cfg.data.num_workers)
             return ds, lambda b: pl_micro_step(run.model, b, run.records), "rankings"
-        ds = EncodedDataset(run.records, run.processor, collate_cfg, "pair")
+        ds = EncodedDataset(rows, run.processor, collate_cfg, "pair")
         ds.check_all(cfg.data.num_workers)
         return ds, lambda b: bt_micro_step(run.model, b, run.records, cfg), "pairs"
 
     return _run_scalar(cfg, "reward", records, make, stop_after)
+
+
+@RM_KINDS.register("critique")
+def _train_critique(cfg: RewardModelConfig, records: list[Any] | None = None,
+                    stop_after: int | None = None) -> dict[str, Any]:
+    from vlalign.trainers.critique_rm import train_critique_reward_model
+
+    return train_critique_reward_model(cfg, records, stop_after)
 
 
 def train_cost_model(cfg: CostModelConfig, records: list[Any] | None = None,

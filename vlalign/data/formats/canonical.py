@@ -15,7 +15,15 @@ from typing import Any
 from vlalign.data.formats.base import Format, RowContext, RowProblem, image_refs, register_format
 from vlalign.data.io import JSON_TEXT_FIELDS
 from vlalign.data.messages import check_conversation, normalize_messages
-from vlalign.data.records import RECORD_TYPES, Record, SafetyLabels, Segment, from_dict, record_kind
+from vlalign.data.records import (
+    RECORD_TYPES,
+    CritiqueLabels,
+    Record,
+    SafetyLabels,
+    Segment,
+    from_dict,
+    record_kind,
+)
 
 _NUM = (int, float)
 # field -> (accepted python types, human name). Fields not listed are free-form (meta) or nested.
@@ -36,6 +44,7 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "chosen_segments": ((list,), "list of {start, end, correction, kind}"),
     "safety": ((dict,), "object {chosen_safe, rejected_safe, safer, category, severity}"),
     "conversation": ((list,), "list of messages {role, content}"),
+    "critique": ((dict,), "object {chosen, rejected, chosen_score, rejected_score}"),
 }
 
 
@@ -51,6 +60,17 @@ def _check_nested(kwargs: dict[str, Any]) -> None:
         for key in ("chosen_safe", "rejected_safe"):
             if not isinstance(safety.get(key), bool):
                 raise RowProblem(f"safety.{key}", f"expected true/false, got {safety.get(key)!r}")
+    critique = kwargs.get("critique")
+    if isinstance(critique, dict):
+        _unknown_keys(critique, {f.name for f in fields(CritiqueLabels)}, "critique")
+        for key in ("chosen", "rejected"):
+            if not isinstance(critique.get(key), str):
+                raise RowProblem(f"critique.{key}", f"expected a string, got {type(critique.get(key)).__name__}",
+                                 "give the critique text of both answers")
+        for key in ("chosen_score", "rejected_score"):
+            value = critique.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, _NUM)):
+                raise RowProblem(f"critique.{key}", f"expected a number or null, got {value!r}")
     for key, conv in (("responses", str), ("scores", _NUM)):
         for j, item in enumerate(kwargs.get(key) or []):
             if not isinstance(item, conv) or isinstance(item, bool):

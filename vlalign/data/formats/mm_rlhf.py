@@ -4,7 +4,8 @@ Real layout (the project's README and ``llava/train/train_dpo.py``): ``prompt`` 
 tags mark image positions, absent tags mean "image first"), ``chosen``, ``rejected``, ``image`` (a path
 or a list of paths relative to the dataset folder, which is where ``dpo_pairs.jsonl`` sits) or ``video``
 (a folder of frames), and optional ``id``, ``chosen_reason`` / ``rejected_reason`` (the annotators'
-critiques, kept in ``meta``), ``is_tie``, ``ls_factor``.
+critiques: kept in ``meta`` and, when both are non-empty, as the record's ``critique`` so a critique
+reward model trains on them), ``is_tie``, ``ls_factor``.
 
 Rules: video rows are skipped (listed, not dropped silently: vlalign trains on images); tied pairs
 (``is_tie`` true) are skipped, since a tie carries no preference.
@@ -24,7 +25,7 @@ from vlalign.data.formats.base import (
     require_str,
 )
 from vlalign.data.messages import place_images, prompt_and_conversation, split_image_tags
-from vlalign.data.records import PreferenceRecord, Record
+from vlalign.data.records import CritiqueLabels, PreferenceRecord, Record
 
 _META = ("chosen_reason", "rejected_reason", "ls_factor")
 _MARKERS = {"video", "chosen_reason", "rejected_reason", "is_tie", "ls_factor", "mixed_up_image"}
@@ -42,7 +43,15 @@ def convert_mm_rlhf(row: dict[str, Any], ctx: RowContext) -> list[Record]:
     rid = str(row.get("id", ctx.default_id("mm_rlhf")))
     meta = {k: row[k] for k in _META if row.get(k) is not None}
     return [PreferenceRecord(rid, images, prompt, require_str(row, "chosen"), require_str(row, "rejected"),
-                             meta=meta, conversation=conversation)]
+                             critique=_critique(row), meta=meta, conversation=conversation)]
+
+
+def _critique(row: dict[str, Any]) -> CritiqueLabels | None:
+    """Both annotators' reasons as the pair's critiques; None unless both are non-empty text."""
+    reasons = [row.get("chosen_reason"), row.get("rejected_reason")]
+    if all(isinstance(r, str) and r.strip() for r in reasons):
+        return CritiqueLabels(reasons[0].strip(), reasons[1].strip())
+    return None
 
 
 def detect_mm_rlhf(keys: set[str]) -> bool:
