@@ -50,8 +50,10 @@ def test_critique_rm_learns_to_write_critiques_and_rank_pairs(trained_critique_r
     print({k: (metrics[k]["accuracy"], metrics[k]["critique_nll"], metrics[k]["margin_mean"]) for k in ("before", "after")})
     # 16 steps of 16 pairs, seeds 0-4 x kernels AVX-512 (native) / AVX2 / default, 2 threads (15 runs,
     # scripts/learning_spread.py): the critique NLL per token fell 1.46-1.59 (from ~6.49) and the held-out
-    # accuracy on the reference critiques was 1.0 every time (0.16 before: the untrained head). The bounds
-    # leave about 2x margin below the worst run (NLL) and 0.2 (accuracy).
+    # accuracy on the reference critiques was 1.0 every time (before training it depends on the head's
+    # initialisation, so no gain is asserted). The bounds leave about 2x margin below the worst run (NLL) and
+    # 0.2 (accuracy). The reference critiques state the verdict; docs/reward_models.md has the accuracy with
+    # the model's own critiques.
     assert learning.above("critique NLL fall", before["critique_nll"] - after["critique_nll"], 0.7), (before, after)
     assert learning.above("held-out accuracy", after["accuracy"], 0.8), after
     logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

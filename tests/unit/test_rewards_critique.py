@@ -135,3 +135,17 @@ def test_a_facts_model_scores_with_the_sample_facts(tiny):
         src.score([Sample([RED], "Describe the image.", "A red circle.", {})])
     plain = LearnedRewardOnly("m", loaded=loaded, facts=False).score(s).rewards
     assert plain[0].item() == pytest.approx(plain[1].item(), abs=1e-6)  # facts=false: the facts are not read
+
+
+def test_a_policy_answer_longer_than_the_training_rows_still_scores(tiny):
+    from vlalign.models.critique_head import CritiqueHeadModel
+    from vlalign.rewards.critique import CritiqueReward
+    from vlalign.rewards.learned import LoadedScalarModel
+
+    # trained with max_length 100; the answer sits in the prompt, which is never cut
+    loaded = LoadedScalarModel(CritiqueHeadModel(tiny.model).eval(), tiny.processor, "critique", Path("m"), 100)
+    long_answer = "The image shows " + ", ".join(["a red circle"] * 40) + "."
+    sample = [Sample([RED], "Describe the image.", long_answer, {})]
+    assert CritiqueReward("m", max_new_tokens=4, loaded=loaded).score(sample).rewards.shape == (1,)
+    with pytest.raises(ValueError, match="needs max_length >="):
+        CritiqueReward("m", max_new_tokens=4, max_length=100, loaded=loaded).score_with(sample, ["Correct."])

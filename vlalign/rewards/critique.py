@@ -18,16 +18,20 @@ from vlalign.rewards.learned import SOURCE_OF_KIND, LoadedScalarModel, _image_re
 
 # what the head reads when the model writes nothing (the critique row needs at least one text token)
 EMPTY_CRITIQUE = "(no critique)"
+NO_CAP = 1 << 30  # tokens: the answer is part of the prompt, which is never cut
 
 
 class CritiqueReward:
     """Greedy critique, then the head's score. ``max_new_tokens`` bounds the critique; ``facts`` overrides
-    whether the prompts carry each sample's facts (None = as the model was trained)."""
+    whether the prompts carry each sample's facts (None = as the model was trained); ``max_length`` caps
+    prompt + answer + critique in tokens when scoring (None = no cap: the answer sits in the prompt, and a
+    policy's answer may be longer than the training answers were)."""
 
     name = "critique_rm"
 
     def __init__(self, path: str, batch_size: int = 8, device: str = "cpu", max_new_tokens: int = 48,
-                 facts: bool | None = None, loaded: LoadedScalarModel | None = None) -> None:
+                 facts: bool | None = None, max_length: int | None = None,
+                 loaded: LoadedScalarModel | None = None) -> None:
         self.scorer = loaded if loaded is not None else load_reward_model(path, device)
         if self.scorer.kind != "critique":
             other = SOURCE_OF_KIND.get(self.scorer.kind, "learned")
@@ -38,6 +42,7 @@ class CritiqueReward:
         if facts is not None:
             self.scorer.facts = facts
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.max_length = max_length or NO_CAP
 
     def critique_rows(self, samples: list[Sample], critiques: list[str | None]) -> list[Any]:
         """One prompt record per sample asking to critique its response, with ``critiques[i]`` as the answer."""
@@ -59,8 +64,11 @@ class CritiqueReward:
 
     def score_with(self, samples: list[Sample], critiques: list[str]) -> torch.Tensor:
         """(N,) head scores of the samples read together with the given critiques."""
+        from vlalign.data.collate import CollateConfig, EncodedDataset
+
         rows = self.critique_rows(samples, [c if c.strip() else EMPTY_CRITIQUE for c in critiques])
-        return self.scorer._score(self.scorer._dataset(rows, "sft"), self.batch_size, 1)[:, 0]
+        dataset = EncodedDataset(rows, self.scorer.processor, CollateConfig(self.max_length), "sft")
+        return self.scorer._score(dataset, self.batch_size, 1)[:, 0]
 
     def score(self, samples: list[Sample]) -> RewardOutput:
         critiques = self.write_critiques(samples)
