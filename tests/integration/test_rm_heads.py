@@ -17,8 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_rl_helpers import prompt_file, rl_overrides
 
 HEADS = 4
-# placeholders until the spread over seeds x kernels is measured
-ACCURACY_BOUND, MARGIN_GAIN_BOUND, NLL_FALL_BOUND = 0.5, 0.0, 0.0
+EVAL_PAIRS = 100  # every held-out pair of the fixture's Shapes set: less chance in the accuracy before training
 
 
 def _cfg(tiny, out, train, evalf, **extra):
@@ -44,21 +43,27 @@ def trained_ensemble(tiny_model_dir, rewards_shapes_dir, tmp_path_factory, learn
     torch.set_num_threads(1)  # the shared CPU is faster single-threaded
     out = tmp_path_factory.mktemp("rm_ensemble")
     cfg = _cfg(tiny_model_dir("llava"), out, rewards_shapes_dir / "preference.jsonl",
-               rewards_shapes_dir / "preference_eval.jsonl", max_steps=16, seed=learning_seed, model__heads=HEADS)
+               rewards_shapes_dir / "preference_eval.jsonl", max_steps=32, seed=learning_seed, model__heads=HEADS,
+               eval__limit=EVAL_PAIRS)
     return out, train_reward_model(cfg)
 
 
 def test_ensemble_reward_model_accuracy_rises(trained_ensemble, learning):
     out, metrics = trained_ensemble
     before, after = metrics["before"], metrics["after"]
-    # bounds: see docs/reproducibility.md (seeds 0-4 x kernels native / default, measured with
-    # scripts/learning_spread.py); the values, their range and the margin are in the comments below
-    assert learning.above("held-out accuracy of the ensemble mean", after["accuracy"], ACCURACY_BOUND), after
-    assert learning.above("mean margin gain", after["margin_mean"] - before["margin_mean"], MARGIN_GAIN_BOUND)
-    assert learning.above("held-out NLL fall", before["nll"] - after["nll"], NLL_FALL_BOUND)
+    # 32 steps of 16 pairs, 4 heads, 100 held-out pairs. scripts/learning_spread.py over seeds 0-4 x kernels
+    # native (AVX-512 here), avx2, default (15 runs, AMD EPYC, torch 2.14.1, 2 threads):
+    #   accuracy of the members' mean 0.71-0.77 (0.751 ± 0.017): > 0.65 leaves the worst 0.06 (3.5 std) above;
+    #   accuracy gain over the untrained heads 0.10-0.35 (0.257 ± 0.080): > 0.02 leaves 0.08 (1 std);
+    #   mean margin gain 0.26-0.80 (0.49 ± 0.20): > 0.06 leaves 0.20 (1 std);
+    #   held-out NLL fall 0.071-0.156 (0.124 ± 0.029): > 0.03 leaves 0.041 (1.4 std).
+    assert learning.above("held-out accuracy of the ensemble mean", after["accuracy"], 0.65), after
+    assert learning.above("held-out accuracy gain", after["accuracy"] - before["accuracy"], 0.02), (before, after)
+    assert learning.above("mean margin gain", after["margin_mean"] - before["margin_mean"], 0.06)
+    assert learning.above("held-out NLL fall", before["nll"] - after["nll"], 0.03)
     assert len(after["head_accuracy"]) == HEADS and after["disagreement"] > 0
     logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(logged) == 16 and all(row["disagreement"] > 0 for row in logged)
+    assert len(logged) == 32 and all(row["disagreement"] > 0 for row in logged)
 
 
 def test_saved_ensemble_reloads_and_scores_identically(trained_ensemble, rewards_shapes_dir):
@@ -72,11 +77,11 @@ def test_saved_ensemble_reloads_and_scores_identically(trained_ensemble, rewards
     assert meta["heads"] == HEADS and "aspects" not in meta
     rm = load_reward_model(out)
     assert rm.spec.kind == "ensemble" and rm.model.head.proj.weight.shape[0] == HEADS
-    records = load_records(rewards_shapes_dir / "preference_eval.jsonl").records[:64]
-    heads = rm.head_scores_records(records, batch_size=32)  # (64, 2, K)
-    assert heads.shape == (64, 2, HEADS)
+    records = load_records(rewards_shapes_dir / "preference_eval.jsonl").records[:EVAL_PAIRS]
+    heads = rm.head_scores_records(records, batch_size=32)  # (N, 2, K)
+    assert heads.shape == (metrics["after"]["n_pairs"], 2, HEADS)
     # the reloaded model reproduces the run's own held-out report, overall and per head
-    overall = rm.score_records(records, batch_size=32)  # (64, 2): the members' mean
+    overall = rm.score_records(records, batch_size=32)  # (N, 2): the members' mean
     assert torch.allclose(overall, heads.mean(dim=2), atol=1e-6)
     assert pair_accuracy(overall[:, 0], overall[:, 1]) == pytest.approx(metrics["after"]["accuracy"], abs=1e-6)
     margin = float((overall[:, 0] - overall[:, 1]).mean())

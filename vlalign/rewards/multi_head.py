@@ -47,7 +47,7 @@ class HeadSpec:
         if self.heads < 1:
             raise ValueError(f"heads must be >= 1, got {self.heads}")
         if self.aspects and self.heads != 1:
-            raise ValueError(f"a reward model is either an ensemble (heads={self.heads}) or a multi-aspect model "
+            raise ValueError(f"a reward model is either an ensemble (model.heads={self.heads}) or a multi-aspect model "
                              f"(aspects={list(self.aspects)}), not both; set heads to 1 or drop the aspects")
         if len(set(self.aspects)) != len(self.aspects):
             raise ValueError(f"aspects are listed twice: {list(self.aspects)}")

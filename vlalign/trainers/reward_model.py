@@ -252,7 +252,7 @@ def evaluate_scalar_model(model: Any, processor: Any, cfg: ScalarModelConfig, ki
     dataset = EncodedDataset(records, processor, collate_config(cfg), "pair")
     chosen, rejected = score_pairs(model, dataset, cfg.eval.batch_size)
     if kind != "cost":
-        heads_c, heads_r = chosen.view(len(chosen), -1), rejected.view(len(rejected), -1)  # (N, outputs)
+        heads_c, heads_r = chosen.reshape(-1, spec.outputs), rejected.reshape(-1, spec.outputs)  # (N, outputs)
         report = pairwise_report(spec.overall(heads_c), spec.overall(heads_r), cfg.eval.calibration_bins)
         return {**report, **HEAD_REPORTS.get(spec.kind)(spec, heads_c, heads_r, records)}
     swap, safe_a, safe_b = safer_first(records, list(range(len(records))))
