@@ -133,7 +133,7 @@ HEAD_KINDS.register("ensemble")(HeadKind(
 ))
 
 
-def aspect_selection(spec: HeadSpec, chosen: list[str] | dict[str, float] | None) -> tuple[list[int], torch.Tensor]:
+def aspect_selection(spec: HeadSpec, chosen: str | list[str] | dict[str, float] | None) -> tuple[list[int], torch.Tensor]:
     """Which aspect outputs a source sums and with which weights: None = every aspect with the
     model's own ``aspect_weights`` (its overall score); a list = those aspects, weight 1 each (one name:
     that aspect's score alone); a dict = those aspects with the given weights."""
