@@ -72,30 +72,14 @@ def test_every_method_gets_the_same_label_budget():
 
 # ------------------------------------------------------------------------------------------ end to end
 
-# Over the recipe: 8 prompts × K 4 = 32 labels for every method; no warm-up, tiny budgets, 1 seed.
-MINI = {
-    "data": {"n_train": 60, "n_eval": 12, "image_size": 32, "max_objects": 2, "trigger_rate": None, "yes_no_per_scene": 1},
-    "vision_warmup": {"steps": 0},
-    "freeze": [],
-    "sft": {"steps": 30, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 0},
-    "pool": {"n_prompts": 8, "samples_per_prompt": 4, "max_new_tokens": 16, "batch_size": 8},
-    "methods": ["rft", "dpo", "mm_dpo", "iterative_dpo", "ppo_segment", "dpo_grpo"],
-    "seeds": [0],
-    "offline": {"steps": 2, "batch_size": 1, "learning_rate": 1e-3, "replay_yes_no": 4},
-    "iterative": {"rounds": 2},
-    "grpo": {"steps": 4, "prompts_per_step": 2, "num_samples": 4, "max_new_tokens": 12, "replay_yes_no": 0},
-    "ppo": {"steps": 4, "prompts_per_step": 2, "num_samples": 4, "max_new_tokens": 12, "replay_yes_no": 0},
-    "eval_limit": 4,
-    "generation": {"max_new_tokens": 12},
-}  # fmt: skip
-
-
 def test_minimal_run_measures_every_method_and_writes_the_report(tmp_path):
     from vlalign.experiments.beyond_control import run_beyond_control
 
-    cfg = BeyondControlConfig.from_recipe(overrides=MINI)
+    # the small preset (configs/experiments/beyond_control_quick.yaml): 8 prompts × K 4 = 32 labels per method
+    cfg = BeyondControlConfig.from_recipe("experiments/beyond_control_quick")
     res = run_beyond_control(cfg, tmp_path, log=lambda s: None)
-    methods = MINI["methods"]
+    methods = cfg.methods
+    assert methods == ["rft", "dpo", "mm_dpo", "iterative_dpo", "ppo_segment", "dpo_grpo"]
     assert [(r["method"], r["seed"]) for r in res["runs"]] == [(m, 0) for m in methods]
     for r in res["runs"]:  # every method measured, on the same items, with its intervals and its label budget
         assert {"chair_i", "object_recall", "pope_f1", "perception_share"} <= set(r["metrics"]), r["method"]

@@ -130,12 +130,12 @@ def test_nonfinite_batch_is_skipped_reported_and_aborts(llava, trainer_data, tmp
     real_step = dpo.dpo_micro_step
 
     def poisoning_step(poison_if):
-        def step(model, batch, objective, hparams, reference, extra, sft_weight, forward, replay=None):
+        def step(model, batch, objective, hparams, reference, extra, sft_weight, forward, replay=None, margins=None):
             def poisoned(model, inputs, mask, n):  # NaN log-probs for the micro-batches poison_if picks
                 logps, m = forward(model, inputs, mask, n)
                 return (logps * float("nan"), m) if poison_if(batch) else (logps, m)
 
-            return real_step(model, batch, objective, hparams, reference, extra, sft_weight, poisoned, replay)
+            return real_step(model, batch, objective, hparams, reference, extra, sft_weight, poisoned, replay, margins)
 
         return step
 

@@ -208,7 +208,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None, stop_after: int 
         replay = build_replay(cfg, run.processor, collate_cfg, run.log)
         margins = record_margins(None if cfg.data.streaming else run.records, cfg.loss)
         loss_fn = mean_over("pairs", lambda b: dpo_micro_step(run.model, b, objective, hparams, ctx["train_reference"],
-                                                              extra, cfg.sft_weight, ctx["forward"], replay, margins))
+                                                              extra, cfg.sft_weight, ctx["forward"], replay, margins=margins))
         if "eval" in ctx:
             eval_margins = record_margins(run.eval_records, cfg.loss, "eval")
             run.evaluate = lambda: evaluate_sums(
