@@ -185,7 +185,7 @@ class Setup:
     pool: Pool
 
 
-# method name -> train(setup, seed, out) -> {"updates", "labels", ...}; a method is one function
+# method name -> train(setup, seed, out) -> {"updates", ...}; a method is one function
 BEYOND_METHODS: Registry[Callable[[Setup, int, Path], dict[str, Any]]] = Registry("beyond-control method")
 
 
@@ -235,7 +235,7 @@ def iterative_config(setup: Setup, seed: int, out: Path, rounds: int, share: flo
 def train_iterative(setup: Setup, seed: int, out: Path) -> dict[str, Any]:
     """Online DPO: each round samples and scores its share of the pool's prompts from the current policy."""
     res = train_iterative_dpo(iterative_config(setup, seed, out, setup.cfg.iterative.rounds, 1.0, None))
-    return {"updates": sum(r["dpo_steps"] for r in res["rounds"])}
+    return {"updates": sum(r["dpo_steps"] for r in res["rounds"]), "labels": res["labels"]}
 
 
 @BEYOND_METHODS.register("dpo_grpo")
@@ -246,7 +246,7 @@ def train_hybrid(setup: Setup, seed: int, out: Path) -> dict[str, Any]:
     then = {"algorithm": "grpo", "config": {**g.trainer_values(), **rl, "max_steps": round(g.steps * (1 - share)),
                                             "save_steps": 0, "progress": False, "data": {"max_length": 160}}}  # fmt: skip
     res = train_iterative_dpo(iterative_config(setup, seed, out, 1, share, then))
-    return {"updates": sum(r["dpo_steps"] for r in res["rounds"]) + (res.get("rl") or {}).get("steps", 0)}
+    return {"updates": sum(r["dpo_steps"] for r in res["rounds"]) + (res.get("rl") or {}).get("steps", 0), "labels": res["labels"]}
 
 
 def rl_values(setup: Setup, kind: str, stage: RLStage, out: Path) -> dict[str, Any]:
@@ -322,7 +322,8 @@ def run_beyond_control(cfg: BeyondControlConfig, out_dir: str | Path, log: Any =
             def train(method: str = method, seed: int = seed, run_dir: Path = run_dir) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 res = BEYOND_METHODS.get(method)(setup, seed, run_dir)
-                return {**res, "labels": label_budget(cfg, method), "seconds": round(time.perf_counter() - t0, 1)}
+                # labels: what the run spent where it counts them (iterative, hybrid), else its configured budget
+                return {"labels": label_budget(cfg, method), **res, "seconds": round(time.perf_counter() - t0, 1)}
 
             info = run_once(run_dir, train)
             ev = evs[method, seed] = measure(setup, run_dir / "final", out / "eval" / f"{method}_seed{seed}")
