@@ -104,7 +104,8 @@ class BeyondControlConfig(TinyRecipe):
     pool: PoolConfig
     methods: list[str] = Field(..., min_length=1, description="names in BEYOND_METHODS; rft is the control")
     seeds: list[int] = Field(..., min_length=1, description="each method once per seed, from the one SFT model and pool")
-    offline: DPOStage = Field(..., description="rft, dpo, mm_dpo (and iterative / hybrid DPO, split by rounds)")
+    offline: DPOStage = Field(..., description="rft, dpo, mm_dpo (and iterative / hybrid DPO, split by rounds); its "
+                              "loss is that of dpo and the iterative / hybrid rounds (mm_dpo always uses mm_dpo)")
     mm_dpo: MMDPOConfig
     iterative: IterativeConfig
     hybrid: HybridConfig
@@ -211,7 +212,7 @@ def _train_pairs(setup: Setup, seed: int, out: Path, loss: str, **values: Any) -
     return {"updates": d.steps}
 
 
-BEYOND_METHODS.register("dpo")(lambda setup, seed, out: _train_pairs(setup, seed, out, "dpo"))
+BEYOND_METHODS.register("dpo")(lambda setup, seed, out: _train_pairs(setup, seed, out, setup.cfg.offline.loss))
 BEYOND_METHODS.register("mm_dpo")(lambda setup, seed, out: _train_pairs(
     setup, seed, out, "mm_dpo", loss_kwargs=setup.cfg.mm_dpo.model_dump()))
 
