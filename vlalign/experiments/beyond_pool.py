@@ -79,7 +79,8 @@ def build_pool(cfg: Any, base: Base, pool_prompts: Path, out: Path, log: Callabl
         got, why = group_pairs(g, "best_worst", 0.0, cfg.feedback.name)
         pairs += got
         no_pair += why is not None
-    exact = build_source("shapes_errors")
+    # the exact judge with the feedback's omission weight: what a noise-free score would have been
+    exact = build_source({"name": "shapes_errors", "kwargs": {"omission_weight": cfg.feedback.kwargs.get("omission_weight", 1.0)}})
     samples = [Sample(list(g.record.images), g.record.prompt, t, dict(g.record.meta)) for g in groups for t in g.texts]
     true = exact.score(samples).rewards.tolist()
     given = [s for g in groups for s in g.scores]
