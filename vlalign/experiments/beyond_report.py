@@ -32,7 +32,7 @@ from vlalign.experiments.evaluator import Evaluation
 from vlalign.experiments.uncertainty import ci_text, compare, spread, spread_text
 from vlalign.machine import machine_info, machine_line
 
-KEYS = ["chair_i", "object_recall", "pope_f1", "perception_share", "answer_length"]
+KEYS = ["chair_i", "object_recall", "pope_f1", "bias_rate", "perception_share", "answer_length"]
 COMPARED = ["chair_i", "object_recall", "pope_f1"]
 CONTROL = "rft"
 CLAIMS = {"b_better": "method better on every seed", "a_better": "control better on every seed",
@@ -151,16 +151,19 @@ def verdict_lines(result: Mapping[str, Any]) -> list[str]:
     best = result["best"]
     lines.append(f"TARGET ({rule}): " + (f"met by {', '.join(x.upper() for x in met)}." if met else
                  f"met by no method; closest: {best.upper() if best else '–'}."))  # fmt: skip
+    shares = ", ".join(f"{m.upper()} {_pct(a['perception_share'])}" for m, a in agg.items())
+    evidence = (f"share of the remaining hallucinations that are perception errors (the policy's own yes/no probe on the "
+                f"object also says present; mean over seeds): SFT {_pct(sft.get('perception_share', float('nan')))}, {shares}. "
+                "A high share means the model believes what it says: a score on its captions does not show it what it "
+                "fails to see.")  # fmt: skip
+    if not met:
+        lines.append(f"Why the target is missed, evidence: {evidence}")
     beat = [m for m, v in ver.items() if v["beats_control"]]
     if beat:
         lines.append(f"BEATS THE CONTROL (paired CI of CHAIR_i excluding zero on every seed): {', '.join(x.upper() for x in beat)}.")
     else:
-        shares = ", ".join(f"{m.upper()} {_pct(a['perception_share'])}" for m, a in agg.items())
         lines.append("BEATS THE CONTROL: no method beats the control (no paired CI of CHAIR_i excludes zero in the method's "
-                     f"favour on every seed). Evidence: share of the remaining hallucinations that are perception errors "
-                     f"(the policy's own yes/no probe on the object also says present; mean over seeds): {shares}; "
-                     f"SFT {_pct(sft.get('perception_share', float('nan')))}. A high share means the model believes what it "
-                     "says: a score on its captions does not show it what it fails to see.")  # fmt: skip
+                     f"favour on every seed). Evidence: {evidence}")  # fmt: skip
     return lines
 
 
