@@ -88,6 +88,9 @@ def main() -> None:
         model_init_kwargs={"dtype": getattr(torch, spec.get("dtype", "float32"))},  # weights in it, no autocast
     )
     processor = AutoProcessor.from_pretrained(spec["model"])
+    # TRL pads prompts on the left itself, but Qwen2-VL's M-RoPE index (get_rope_index) reads the attention
+    # mask the processor builds; with a right-padding tokenizer the two disagree and the forward fails.
+    processor.tokenizer.padding_side = "left"
     trainer = GRPOTrainer(model=spec["model"], reward_funcs=shapes_reward, args=args, train_dataset=dataset,
                           processing_class=processor)
     trainer.train()

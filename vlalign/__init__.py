@@ -46,6 +46,7 @@ _EXPORTS = {
     "DPOvsRLConfig": "vlalign.experiments.dpo_vs_rl", "run_dpo_vs_rl": "vlalign.experiments.dpo_vs_rl",
     "RewardSourcesConfig": "vlalign.experiments.reward_sources", "run_reward_sources": "vlalign.experiments.reward_sources",
     "SafeRLHFConfig": "vlalign.experiments.safe_rlhf", "run_safe_rlhf": "vlalign.experiments.safe_rlhf",
+    "BeyondControlConfig": "vlalign.experiments.beyond_control", "run_beyond_control": "vlalign.experiments.beyond_control",
     # sharing results
     "HubConfig": "vlalign.hub", "push_run": "vlalign.hub", "machine_info": "vlalign.machine",
 }  # fmt: skip

@@ -98,6 +98,7 @@ RECIPE_CLASSES = {
     "experiments/reward_sources": "vlalign.experiments.reward_sources:RewardSourcesConfig",
     "experiments/safe_rlhf": "vlalign.experiments.safe_rlhf:SafeRLHFConfig",
     "experiments/active_learning": "vlalign.experiments.active_learning:ActiveLearningConfig",
+    "experiments/beyond_control": "vlalign.experiments.beyond_control:BeyondControlConfig",
     "sft_": "vlalign.trainers.configs:SFTConfig",
     "dpo_": "vlalign.trainers.configs:DPOConfig",
     "iterative_dpo_": "vlalign.trainers.iterative_dpo:IterativeDPOConfig",

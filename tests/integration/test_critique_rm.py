@@ -73,6 +73,7 @@ def test_saved_critique_rm_reloads_scores_the_same_and_serves_as_a_source(traine
     out, cfg, metrics = trained_critique_rm
     rm = load_reward_model(out)
     assert rm.kind == "critique" and isinstance(rm.model, CritiqueHeadModel) and rm.facts is False
+    assert "facts" not in json.loads((out / "final" / "reward_model.json").read_text())  # written only when true
     records = load_records(critique_data[1]).records[:64]
     with torch.no_grad():
         scores, _ = pair_outputs(rm.model, CritiquePairDataset(records, rm.processor, collate_config(cfg)).batch(range(64)))

@@ -130,12 +130,12 @@ def test_nonfinite_batch_is_skipped_reported_and_aborts(llava, trainer_data, tmp
     real_step = dpo.dpo_micro_step
 
     def poisoning_step(poison_if):
-        def step(model, batch, objective, hparams, reference, extra, sft_weight, forward, replay=None):
+        def step(model, batch, objective, hparams, reference, extra, sft_weight, forward, replay=None, margins=None):
             def poisoned(model, inputs, mask, n):  # NaN log-probs for the micro-batches poison_if picks
                 logps, m = forward(model, inputs, mask, n)
                 return (logps * float("nan"), m) if poison_if(batch) else (logps, m)
 
-            return real_step(model, batch, objective, hparams, reference, extra, sft_weight, poisoned, replay)
+            return real_step(model, batch, objective, hparams, reference, extra, sft_weight, poisoned, replay, margins)
 
         return step
 
@@ -171,3 +171,29 @@ def test_config_written_next_to_outputs(llava, trainer_data, tmp_path):
     assert saved["loss"] == "simpo" and saved["beta"] == 1.5
     assert list(tmp_path.rglob("events.out.tfevents.*"))  # report_to=tensorboard wrote an event file
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 1
+
+
+def test_mm_dpo_reads_each_pairs_margin(llava, trainer_data, tmp_path, ref_cache):
+    """MM-DPO's per-pair β comes from the records' ``margin``: logged β is the hand-worked mean of β(δ)."""
+    import math
+
+    from vlalign.trainers.dpo import train_dpo
+
+    rows = [json.loads(line) for line in trainer_data[0].read_text().splitlines()][:4]
+    for r in rows:  # absolute image paths: the file is written elsewhere
+        r["images"] = [str(trainer_data[0].parent / p) for p in r["images"]]
+    deltas = [0.0, math.log(2.0), 0.0, math.log(2.0)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({**r, "margin": d}) + "\n" for r, d in zip(rows, deltas)))
+    cfg = dpo_cfg(llava, data, tmp_path / "run", loss="mm_dpo", beta=0.1, loss_kwargs={"w": 0.5, "k": 1.0}, max_steps=1,
+                  per_device_batch_size=4, reference={"cache_dir": ref_cache})  # fmt: skip
+    train_dpo(cfg)
+    (row,) = read_metrics(tmp_path / "run")
+    # β(δ) = 0.1·(1 + 0.5·(1 − e^{−δ})): δ = 0 → 0.1; δ = ln 2 → 0.1·(1 + 0.5·0.5) = 0.125; mean 0.1125
+    assert row["loss_beta"] == pytest.approx(0.1125, abs=1e-6)
+    assert row["loss"] == pytest.approx(math.log(2.0), abs=1e-4)  # step 1: policy = reference, any β gives log 2
+    no_margin = tmp_path / "no_margin.jsonl"
+    no_margin.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "margin"}) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"needs each pair's `margin`.*train rows \[0, 1, 2, 3\]"):
+        train_dpo(dpo_cfg(llava, no_margin, tmp_path / "run2", loss="mm_dpo", max_steps=1, per_device_batch_size=4,
+                          reference={"cache_dir": ref_cache}))  # fmt: skip

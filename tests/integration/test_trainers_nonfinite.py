@@ -44,9 +44,9 @@ def _dpo(model, data, out, poison, monkeypatch, **kw):
 
     real, calls = dpo.dpo_micro_step, []
 
-    def step(model, batch, objective, hparams, reference, extra, sft_weight, forward, replay=None):
+    def step(model, batch, objective, hparams, reference, extra, sft_weight, forward, replay=None, margins=None):
         calls.append(1)
-        res = real(model, batch, objective, hparams, reference, extra, sft_weight, forward, replay)
+        res = real(model, batch, objective, hparams, reference, extra, sft_weight, forward, replay, margins)
         if poison == "all" or len(calls) in poison:
             res.loss_sum = res.loss_sum * float("nan")
         return res

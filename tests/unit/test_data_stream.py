@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vlalign.data.config import DataConfig
+from vlalign.data.memory import RowTrimmer
 from vlalign.data.stream import stream_source
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
@@ -150,3 +151,27 @@ def test_streamed_batches_train_dpo_steps(data_dir, processor, tiny_model_dir):
     assert moved > 1e-4
     assert losses == losses2
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
+
+
+def test_row_trimmer_trims_once_per_thousand_rows():
+    calls = []
+    trimmer = RowTrimmer(every=1000, trim=lambda: calls.append(trimmer.rows))
+    for _ in range(250):  # 2000 rows in chunks of 8: the 1000th and 2000th rows cross a boundary
+        trimmer.count(8)
+    trimmer.count(999)  # 2999: no third boundary yet
+    assert calls == [1000, 2000] and trimmer.trims == 2
+    trimmer.count(1)
+    assert calls == [1000, 2000, 3000]
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        RowTrimmer(every=0)
+
+
+def test_a_stream_reads_arrow_through_the_system_allocator_until_closed(data_dir, processor):
+    import pyarrow as pa
+
+    before = pa.default_memory_pool().backend_name
+    src = source(data_dir, processor)
+    run(src, [0])
+    assert pa.default_memory_pool().backend_name == "system"
+    src.close()
+    assert pa.default_memory_pool().backend_name == before

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from datasets.distributed import split_dataset_by_node
 
 from vlalign.data.collate import Batch, CollateConfig, CollateError, collate
 from vlalign.data.loader import RecordEncoder
+from vlalign.data.memory import RowTrimmer, SystemArrowPool
 from vlalign.data.sources import RawSource, SourceSpec, open_source
 from vlalign.data.transform import ConvertSpec, convert_stream_row, decode_record, undecoded
 from vlalign.data.validate import DataError, RowError, convert_spec, detect_formats, image_limits
@@ -58,6 +60,8 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 def _convert_and_encode(chunk: list[tuple[int, dict[str, Any]]]) -> list[Item]:
     """Worker task: raw rows → adapter + checks → encoded records (or their problems)."""
     state = worker_state()
+    if multiprocessing.parent_process() is not None:  # a worker: its own heap of decoded images to trim
+        state.setdefault("trimmer", RowTrimmer()).count(len(chunk))
     spec: ConvertSpec = state["spec"]
     encoder: RecordEncoder = state["encoder"]
     out = []
@@ -99,6 +103,8 @@ class StreamSource:
         self.bad_rows = 0
         self._items: Iterator[Item] | None = None
         self._pool: OrderedPool | None = None
+        self._arrow: SystemArrowPool | None = None  # flat memory over long passes (vlalign.data.memory)
+        self._trimmer = RowTrimmer()
 
     # ---- the stream ----------------------------------------------------------------------------
 
@@ -115,11 +121,14 @@ class StreamSource:
     def _stream(self, epoch: int, pos: int, sub: int) -> Iterator[Item]:
         if self._pool is None:
             self._pool = OrderedPool(self.num_workers, {"spec": self.spec, "encoder": self.encoder})
+        if self._arrow is None:
+            self._arrow = SystemArrowPool()
         while True:
             rows = enumerate(itertools.islice(iter(self.raw_epoch(epoch)), pos, None), start=pos)
             chunks = _chunks(rows, self.chunk)
             n_good = 0
             for items in self._pool.imap(_convert_and_encode, chunks):
+                self._trimmer.count(len(items))
                 for item in items:
                     if item.pos == pos and item.sub < sub:
                         continue  # records of a half-used row that the last run already trained on
@@ -198,6 +207,9 @@ class StreamSource:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        if self._arrow is not None:
+            self._arrow.close()
+            self._arrow = None
 
 
 def stream_source(data: Any, processor: Any, kind: str, *, micro_batch: int, micro_batches_per_step: int = 1,

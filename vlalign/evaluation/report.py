@@ -149,6 +149,24 @@ def plot_bars(groups: Mapping[str, Mapping[str, Any]], keys: Sequence[str], titl
     return _png(fig)
 
 
+def plot_errorbars(agg: Mapping[str, Mapping[str, Any]], sft: Mapping[str, float], keys: Sequence[str]) -> bytes:
+    """One panel per metric: mean ± std over seeds per method, each seed as a dot, SFT as a dashed line.
+    ``agg[method]`` holds ``key``, ``key_std`` and ``spread[key]["per_seed"]`` (the experiments' aggregates)."""
+    fig, axes = _figure(len(keys), width_per_panel=2.9)
+    names = list(agg)
+    for ax, key in zip(axes, keys):
+        ax.bar(range(len(names)), [agg[n][key] for n in names], yerr=[agg[n][f"{key}_std"] for n in names],
+               color=_colours(len(names)), capsize=4, alpha=0.8)  # fmt: skip
+        for i, n in enumerate(names):
+            per = agg[n]["spread"][key]["per_seed"]
+            ax.scatter([i] * len(per), per, color="black", s=10, zorder=3)
+        if key in sft:
+            ax.axhline(sft[key], ls="--", color="grey")
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_title(key, fontsize=10)
+    return _png(fig)
+
+
 def _colours(n: int) -> list[str]:
     base = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
     return [base[i % len(base)] for i in range(n)]

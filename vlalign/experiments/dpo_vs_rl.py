@@ -33,11 +33,9 @@ from pydantic import Field, model_validator
 
 from vlalign.evaluation.report import (
     Report,
-    _colours,
-    _figure,
-    _png,
     fmt_value,
     plot_curves,
+    plot_errorbars,
     read_metrics_jsonl,
 )
 from vlalign.experiments.base import keeps_global_state, start_experiment
@@ -169,23 +167,6 @@ def verdict_lines(result: dict[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ report
-
-
-def plot_errorbars(agg: dict[str, dict[str, Any]], sft: dict[str, float], keys: list[str]) -> bytes:
-    """One panel per metric: mean ± std over seeds per method, each seed as a dot, SFT as a dashed line."""
-    fig, axes = _figure(len(keys), width_per_panel=2.9)
-    names = list(agg)
-    for ax, key in zip(axes, keys):
-        ax.bar(range(len(names)), [agg[n][key] for n in names], yerr=[agg[n][f"{key}_std"] for n in names],
-               color=_colours(len(names)), capsize=4, alpha=0.8)  # fmt: skip
-        for i, n in enumerate(names):
-            per = agg[n]["spread"][key]["per_seed"]
-            ax.scatter([i] * len(per), per, color="black", s=10, zorder=3)
-        if key in sft:
-            ax.axhline(sft[key], ls="--", color="grey")
-        ax.set_xticks(range(len(names)), names, fontsize=8)
-        ax.set_title(key, fontsize=10)
-    return _png(fig)
 
 
 def write_report(out: Path, result: dict[str, Any], cfg: DPOvsRLConfig) -> Path:

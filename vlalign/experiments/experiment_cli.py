@@ -34,6 +34,9 @@ EXPERIMENTS: dict[str, tuple[str, str, str, str, str, str]] = {
     "active-learning": ("vlalign.experiments.active_learning", "ActiveLearningConfig", "run_active_learning",
                         "console_text", "runs/active_learning",
                         "Labels a reward model needs to reach an accuracy: uncertainty-chosen vs random pairs, CIs over seeds."),
+    "beyond-control": ("vlalign.experiments.beyond_control", "BeyondControlConfig", "run_beyond_control", "console_text",
+                       "runs/beyond_control",
+                       "Score-only feedback: DPO family, GRPO, PPO vs rejection-sampling SFT on the same labels, seeds, CIs."),
     "demo": ("vlalign.experiments.demo", "DemoConfig", "run_demo", "console_text", "runs/demo",
              "SFT a tiny VLM into hallucinating, fix it with on-policy DPO, compare with an SFT control."),
 }  # fmt: skip

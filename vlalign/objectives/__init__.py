@@ -9,8 +9,8 @@ from a registry:
 - ADVANTAGE_ESTIMATORS gae, grpo, dr_grpo, rloo (groups by size or by id; grpo ``scale=group|batch|none``;
                       rloo ``whiten=True`` whitens over the batch; ``singleton=zero|raw`` for 1-sample groups)
 - KL_ESTIMATORS       k1, k2, k3, low_var_kl (verl's, clamped), abs
-- ENSEMBLE_AGGREGATIONS mean_minus_std, uwo (mean − c·variance), wco (minimum), mean: K reward-model
-                      members' scores → one conservative reward
+- ENSEMBLE_AGGREGATIONS mean_minus_std (alias conservative), uwo (alias penalty: mean − c·variance),
+                      wco (minimum), mean: K reward-model members' scores → one conservative reward
 - PG_LOSS_AGGREGATIONS token_mean, seq_mean_token_mean, token_sum_norm (each with a ``unit`` and an
                       optional global ``denominator``, so a batch split over micro-batches/processes
                       gives the same loss)
@@ -87,9 +87,11 @@ from vlalign.objectives.reward_model import (
     bradley_terry_loss,
     conservative_reward,
     ensemble_bt_loss,
+    ensemble_mean_std,
     plackett_luce_loss,
     preference_accuracy,
     safe_rlhf_cost_loss,
+    weighted_aspects,
 )
 
 __all__ = [
@@ -120,6 +122,7 @@ __all__ = [
     "dpo_loss",
     "dynamic_beta",
     "ensemble_bt_loss",
+    "ensemble_mean_std",
     "fixed_penalty_advantages",
     "gae",
     "group_index",
@@ -160,6 +163,7 @@ __all__ = [
     "token_mean",
     "token_sum_norm",
     "truncated_importance_weights",
+    "weighted_aspects",
     "whiten_batch_advantages",
     "zero_masked",
     "zero_variance_groups",

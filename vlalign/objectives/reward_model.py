@@ -130,14 +130,21 @@ def _worst_case(scores: torch.Tensor, coef: float) -> torch.Tensor:
 
 
 #: name -> fn(scores (N, K), coef) -> (N,): how K reward-model members' scores become one conservative
-#: reward. ``mean_minus_std`` (Eisenstein et al. 2023, "Helping or Herding? Reward Model Ensembles
-#: Mitigate but do not Eliminate Reward Hacking"), ``uwo`` = mean − coef·variance and ``wco`` = the
-#: minimum (Coste et al. 2024, "Reward Model Ensembles Help Mitigate Overoptimization"), ``mean``.
+#: reward. ``mean_minus_std`` alias ``conservative`` (Eisenstein et al. 2023, "Helping or Herding?
+#: Reward Model Ensembles Mitigate but do not Eliminate Reward Hacking"), ``uwo`` alias ``penalty`` =
+#: mean − coef·variance and ``wco`` = the minimum (Coste et al. 2024, "Reward Model Ensembles Help
+#: Mitigate Overoptimization"), ``mean``.
 ENSEMBLE_AGGREGATIONS: Registry = Registry("ensemble aggregation")
-ENSEMBLE_AGGREGATIONS.register("mean_minus_std")(_mean_minus_std)
-ENSEMBLE_AGGREGATIONS.register("uwo")(_mean_minus_var)
+ENSEMBLE_AGGREGATIONS.register("mean_minus_std", "conservative")(_mean_minus_std)
+ENSEMBLE_AGGREGATIONS.register("uwo", "penalty")(_mean_minus_var)
 ENSEMBLE_AGGREGATIONS.register("wco", "min")(_worst_case)
 ENSEMBLE_AGGREGATIONS.register("mean")(lambda scores, coef: _ensemble_parts(scores)[0])
+
+
+def ensemble_mean_std(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (N,), population std (N,)) over the K members of scores (N, K): the ensemble's estimate
+    and its disagreement."""
+    return _ensemble_parts(scores)
 
 
 def conservative_reward(scores: torch.Tensor, coef: float = 1.0, mode: str = "mean_minus_std") -> torch.Tensor:
@@ -204,3 +211,14 @@ def aspect_bt_loss(chosen: torch.Tensor, rejected: torch.Tensor, labels: torch.T
     y = labels.to(chosen.dtype)
     loss = -F.logsigmoid(y * (chosen - rejected))
     return torch.where(y != 0, loss, torch.zeros_like(loss))
+
+
+def weighted_aspects(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Overall score of a multi-aspect model, (N,) = Σ_a w_a·r_a over scores (N, A) and weights (A,).
+    The weights are the user's trade-off between aspects; they are not normalised, so weights
+    summing to 1 keep the overall score on the aspects' scale."""
+    check_ndim("weighted_aspects", 2, scores=scores)
+    check_ndim("weighted_aspects", 1, weights=weights)
+    if weights.shape[0] != scores.shape[1]:
+        raise ValueError(f"weighted_aspects: {weights.shape[0]} weights for {scores.shape[1]} aspect scores")
+    return scores @ weights.to(scores.dtype)

@@ -15,7 +15,7 @@ from vlalign.rewards.composite import NORMALIZERS, Composite, RewardSourceConfig
 
 # Modules whose import registers sources. `shapes_rules` belongs to the Shapes benchmark and is
 # registered when present.
-_SOURCE_MODULES = ["generic_rules", "judge", "clip", "learned", "critique", "shapes_rules"]
+_SOURCE_MODULES = ["generic_rules", "judge", "clip", "learned", "critique", "shapes_rules", "shapes_errors"]
 for _mod in _SOURCE_MODULES:
     if importlib.util.find_spec(f"vlalign.rewards.{_mod}") is not None:
         importlib.import_module(f"vlalign.rewards.{_mod}")

@@ -68,7 +68,7 @@ class CritiqueReward:
 
         rows = self.critique_rows(samples, [c if c.strip() else EMPTY_CRITIQUE for c in critiques])
         dataset = EncodedDataset(rows, self.scorer.processor, CollateConfig(self.max_length), "sft")
-        return self.scorer._score(dataset, self.batch_size, 1)[:, 0]
+        return self.scorer.spec.overall(self.scorer._score(dataset, self.batch_size, 1)[:, 0])  # (N,)
 
     def score(self, samples: list[Sample]) -> RewardOutput:
         critiques = self.write_critiques(samples)

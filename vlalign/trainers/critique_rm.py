@@ -30,7 +30,7 @@ from vlalign.models.critique_head import CritiqueHeadModel
 from vlalign.objectives.critique import critique_rm_loss, sequence_nll
 from vlalign.rewards.rm_inputs import critique_record, record_where
 from vlalign.rewards.rm_metrics import pairwise_report
-from vlalign.trainers.reward_model import RewardModelConfig, _run_scalar, eval_records, model_view
+from vlalign.trainers.reward_model import RewardModelConfig, Training, _run_scalar, eval_records, model_view
 from vlalign.trainers.run import collate_config
 from vlalign.trainers.step import StepResult
 
@@ -115,8 +115,10 @@ def critique_micro_step(model: Any, batch: Any, records: Sequence[Any], cfg: Rew
 
 
 @torch.no_grad()
-def evaluate_critique_model(model: Any, processor: Any, cfg: RewardModelConfig, kind: str) -> dict[str, Any] | None:
-    """Held-out pairs, teacher-forced: the pairwise report of the head's scores + ``critique_nll``."""
+def evaluate_critique_model(model: Any, processor: Any, cfg: RewardModelConfig, kind: str,
+                            spec: Any = None) -> dict[str, Any] | None:
+    """Held-out pairs, teacher-forced: the pairwise report of the head's scores + ``critique_nll`` (one score
+    head: ``spec`` is always the single one)."""
     if cfg.eval.data is None:
         return None
     records = eval_records(cfg)
@@ -173,11 +175,11 @@ def train_critique_reward_model(cfg: RewardModelConfig, records: list[Any] | Non
                                 stop_after: int | None = None) -> dict[str, Any]:
     """Critique NLL + Bradley–Terry (or score regression) on pairs with critiques; returns the metrics."""
 
-    def make(run: Any) -> tuple[Any, Any, str]:
+    def make(run: Any) -> Training:
         check_critiques(run.records, "data.train")
         ds = CritiquePairDataset(model_view(cfg, run.records), run.processor, collate_config(cfg))
         ds.check_all(cfg.data.num_workers)
-        return ds, lambda b: critique_micro_step(run.model, b, run.records, cfg), "pairs"
+        return Training(ds, lambda b: critique_micro_step(run.model, b, run.records, cfg), "pairs")
 
     return _run_scalar(cfg, "critique", records, make, stop_after, wrap_model=CritiqueHeadModel,
                        evaluate=evaluate_critique_model)

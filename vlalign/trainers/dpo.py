@@ -103,12 +103,31 @@ def add_extra_block(pb: PreferenceBatchLogps, extra: str | None, logps: torch.Te
         pb.kl_ref = kto_kl_reference(policy_x.detach(), ref_x)
 
 
+def record_margins(records: Any, loss: str, which: str = "train") -> torch.Tensor | None:
+    """(R,) every pair's ``margin`` when ``loss`` reads the reward margin (MM-DPO's per-pair β), else None.
+    A pair without one fails here, before training, with its row and the fix."""
+    if "reward_margin" not in PREFERENCE_LOSSES.get(loss).required_fields:
+        return None
+    if records is None:
+        raise ValueError(f"loss {loss!r} reads each pair's `margin`, which streamed data (data.streaming) does not "
+                         "keep; set data.streaming=false")  # fmt: skip
+    missing = [i for i, r in enumerate(records) if getattr(r, "margin", None) is None]
+    if missing:
+        raise ValueError(f"loss {loss!r} needs each pair's `margin` (the reward margin δ = r(chosen) − r(rejected)); "
+                         f"{which} rows {missing[:5]} have none. Label the pairs with a scoring source (vlalign label, "
+                         "iterative-dpo) or choose another loss")  # fmt: skip
+    return torch.tensor([float(r.margin) for r in records], dtype=torch.float32)
+
+
 def dpo_micro_step(model: Any, batch: Any, objective: Any, hparams: dict, reference: Any, extra: str | None,
-                   sft_weight: float, forward: Any, replay: Replay | None = None) -> StepResult:
+                   sft_weight: float, forward: Any, replay: Replay | None = None,
+                   margins: torch.Tensor | None = None) -> StepResult:
     B = batch.num_records
     logps, mask = forward(model, batch.inputs, batch.response_mask, B)  # (N, T), (N, T)
     ref = reference(model, batch) if reference is not None else None  # (N, T) or None
     pb = pack_logps(logps, mask, B, ref, batch.segment_mask)
+    if margins is not None:  # (B,): the records' reward margins, for MM-DPO's per-pair β
+        pb.reward_margin = margins[batch.rows].to(logps.device)
     add_extra_block(pb, extra, logps, ref, B)
     out = objective(pb, **hparams)
     loss_sum = out.losses.sum()
@@ -187,12 +206,14 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None, stop_after: int 
     run = start_run(cfg, records, on_load=on_load, before_resume=before_resume, stream=("pair", extra))
     try:
         replay = build_replay(cfg, run.processor, collate_cfg, run.log)
+        margins = record_margins(None if cfg.data.streaming else run.records, cfg.loss)
         loss_fn = mean_over("pairs", lambda b: dpo_micro_step(run.model, b, objective, hparams, ctx["train_reference"],
-                                                              extra, cfg.sft_weight, ctx["forward"], replay))
+                                                              extra, cfg.sft_weight, ctx["forward"], replay, margins=margins))
         if "eval" in ctx:
+            eval_margins = record_margins(run.eval_records, cfg.loss, "eval")
             run.evaluate = lambda: evaluate_sums(
                 run, ctx["eval"], lambda b: dpo_micro_step(run.model, b, objective, hparams, ctx["eval_reference"], extra,
-                                                           cfg.sft_weight, ctx["forward"]),
+                                                           cfg.sft_weight, ctx["forward"], margins=eval_margins),
                 lambda b: b.num_records, cfg.per_device_batch_size)
         run.stop_after = stop_after
 

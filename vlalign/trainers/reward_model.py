@@ -5,6 +5,8 @@ A reward (or cost) model is any image-text-to-text model (the shared loader, LoR
 Chosen and rejected answers of a pair go through ONE forward (the collator's response-major layout).
 
 - reward model: Bradley–Terry on pairs (optional per-pair ``margin``), Plackett–Luce on ranked lists;
+  ``model.heads: K`` trains an ensemble of K heads, ``aspects:`` one head per rated aspect
+  (:mod:`vlalign.trainers.reward_heads`);
 - cost model (Safe RLHF): pairwise "the more harmful costs more" + the sign term that anchors
   cost > 0 ⇔ unsafe, on safety-labelled pairs (``safety.safer`` may name either side);
 - distillation: a smaller student regresses a trained teacher's scores (precomputed once).
@@ -24,28 +26,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
 from vlalign.config import BaseConfig
 from vlalign.data.collate import CollateConfig, EncodedDataset, collate, encode_response, fit_response
 from vlalign.data.validate import load_records
-from vlalign.models.heads import ScalarHeadModel
-from vlalign.models.load import ModelConfig
-from vlalign.objectives import bradley_terry_loss, plackett_luce_loss, safe_rlhf_cost_loss
-from vlalign.registry import Registry
+from vlalign.models.heads import ScalarHeadModel, hidden_size_of
+from vlalign.objectives import plackett_luce_loss, safe_rlhf_cost_loss
+from vlalign.rewards.multi_head import HeadSpec
 from vlalign.rewards.rm_inputs import with_facts
 from vlalign.rewards.rm_metrics import pairwise_report, safety_report
 from vlalign.trainers.configs import TrainConfig
+from vlalign.trainers.reward_heads import HEAD_REPORTS, PAIR_TRAINING, split_responses
+from vlalign.trainers.rm_settings import RM_KINDS, CritiqueSettings, RewardModelSettings
 from vlalign.trainers.run import attach_dataset, collate_config, side_data, start_run
 from vlalign.trainers.step import StepResult, mean_over
 
 META_FILE = "reward_model.json"
-
-# model.kind -> fn(cfg, records, stop_after) -> metrics: how `vlalign rm` trains that kind of reward model
-RM_KINDS: Registry = Registry("reward model kind")
 
 
 class EvalSettings(BaseConfig):
@@ -63,30 +63,6 @@ class ScalarModelConfig(TrainConfig):
     eval: EvalSettings = Field(default_factory=EvalSettings)
 
 
-class RewardModelSettings(ModelConfig):
-    """The ``model:`` section of ``vlalign rm``: the backbone (as every trainer loads it) + what the RM reads."""
-
-    kind: str = Field("scalar", description="scalar = head on prompt + answer; critique = the model writes a "
-                                            "critique first, the head reads it too (MM-RLHF)")
-    facts: bool = Field(False, description="put each row's facts (meta.facts, or the Shapes scene's objects) "
-                                           "before its prompt, so the RM judges agreement with them (Fact-RLHF)")
-
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, v: str) -> str:
-        return RM_KINDS.known(v)
-
-
-class CritiqueSettings(BaseConfig):
-    """How a critique reward model (``model.kind: critique``) trains; rows need ``critique`` labels."""
-
-    lm_weight: float = Field(1.0, ge=0, description="weight of the critique NLL beside the score term "
-                                                    "(Bradley–Terry, or regression where rows carry scores)")
-    eval_generated: int = Field(0, ge=0, description="held-out pairs also scored with the model's own greedy "
-                                                     "critiques, as the critique_rm source scores (slow); 0 = off")
-    max_new_tokens: int = Field(48, ge=1, description="longest critique generated for eval_generated")
-
-
 class RewardModelConfig(ScalarModelConfig):
     """Bradley–Terry on preference pairs; Plackett–Luce when the data holds ranked lists."""
 
@@ -94,6 +70,44 @@ class RewardModelConfig(ScalarModelConfig):
     critique: CritiqueSettings = Field(default_factory=CritiqueSettings)
     use_margins: bool = Field(False, description="require r_c − r_r ≥ the record's `margin` (Llama-2 style)")
     center_coef: float = Field(0.0, ge=0, description="× (r_c + r_r)²: keeps rewards centred on 0")
+    bootstrap: bool = Field(
+        False, description="ensembles: weight each (pair, head) by a Poisson(1) count drawn from (seed, row, head), "
+        "so each head trains on its own resample of the pairs (online bagging; ~37% of the pairs get weight 0 per "
+        "head). Off: the heads differ only by their init",
+    )
+    aspects: list[str] = Field(
+        default_factory=list, description="one head per named aspect, trained on the order the records' "
+        "`ratings` give that aspect (ties and unrated aspects train nothing); rows must rate at least one of them "
+        "on both answers. Empty = one overall score",
+    )
+    aspect_weights: dict[str, float] | None = Field(
+        None, description="overall score = Σ weight × aspect score (what the learned reward source returns by "
+        "default and what held-out accuracy is measured on); one weight per aspect; None = 1/len(aspects) each",
+    )
+
+    @model_validator(mode="after")
+    def _heads_consistent(self) -> RewardModelConfig:
+        if self.bootstrap and self.model.heads == 1:
+            raise ValueError("bootstrap=true resamples the pairs per ensemble head; it needs model.heads > 1")
+        if self.aspect_weights is not None:
+            if not self.aspects:
+                raise ValueError("aspect_weights is set but aspects is empty; list the aspects (aspects: [...])")
+            if set(self.aspect_weights) != set(self.aspects):
+                raise ValueError(f"aspect_weights must give one weight per aspect {self.aspects}; got "
+                                 f"{sorted(self.aspect_weights)}")
+        spec = head_spec(self)  # heads + aspects together, repeated aspects: the spec's own messages
+        if self.model.kind == "critique" and spec.kind != "single":
+            raise ValueError(f"model.kind=critique trains one score head; this config asks for a {spec.kind} head. "
+                             "Fix: set model.heads=1 and aspects=[], or model.kind=scalar")
+        return self
+
+
+def head_spec(cfg: Any) -> HeadSpec:
+    """The head a reward-model config trains (a plain score head for the cost model and distillation)."""
+    aspects = tuple(getattr(cfg, "aspects", ()))
+    given = getattr(cfg, "aspect_weights", None)
+    weights = tuple(given[a] for a in aspects) if given else tuple(1.0 / len(aspects) for _ in aspects)
+    return HeadSpec(getattr(cfg.model, "heads", 1), aspects, weights)
 
 
 class CostModelConfig(ScalarModelConfig):
@@ -168,20 +182,8 @@ def _kind_of(records: list[Any]) -> str:
 
 
 def _split(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """(K·B,) response-major scores → (B, K)."""
-    return scores.view(k, -1).T
-
-
-def bt_micro_step(model: Any, batch: Any, records: list[Any], cfg: RewardModelConfig) -> StepResult:
-    scores = _split(model(batch.inputs, batch.response_mask), 2)  # (B, 2)
-    chosen, rejected = scores[:, 0], scores[:, 1]  # (B,), (B,)
-    margin = None
-    if cfg.use_margins:
-        margin = torch.tensor([records[r].margin or 0.0 for r in batch.rows], dtype=chosen.dtype, device=chosen.device)
-    losses = bradley_terry_loss(chosen, rejected, margin, cfg.center_coef)  # (B,)
-    diff = (chosen - rejected).detach()
-    return StepResult(losses.sum(), {"accuracy": (diff > 0).float().sum(), "margin": diff.sum()},
-                      int(batch.inputs["attention_mask"].sum()))  # fmt: skip
+    """(K·B,) response-major scores → (B, K); (K·B, outputs) → (B, K, outputs)."""
+    return split_responses(scores, k)
 
 
 def pl_micro_step(model: Any, batch: Any, records: list[Any]) -> StepResult:
@@ -225,13 +227,14 @@ def cost_micro_step(model: Any, batch: Any, records: list[Any], cfg: CostModelCo
 
 @torch.no_grad()
 def score_pairs(model: Any, dataset: EncodedDataset, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen scores (N,), rejected scores (N,)) of every pair in ``dataset``."""
+    """(chosen scores (N,), rejected scores (N,)) of every pair in ``dataset``; (N, outputs) each for a
+    head with several outputs."""
     was_training = model.training
     model.eval()
     cs, rs = [], []
     for start in range(0, len(dataset), batch_size):
         batch = dataset.batch(list(range(start, min(len(dataset), start + batch_size))))
-        scores = _split(model(batch.inputs, batch.response_mask).float(), 2)  # (b, 2)
+        scores = _split(model(batch.inputs, batch.response_mask).float(), 2)  # (b, 2) or (b, 2, outputs)
         cs.append(scores[:, 0])
         rs.append(scores[:, 1])
     model.train(was_training)
@@ -248,15 +251,20 @@ def eval_records(cfg: ScalarModelConfig) -> list[Any]:
     return model_view(cfg, load_records(side_data(cfg.data, cfg.eval.data, "eval")).records[: cfg.eval.limit])
 
 
-def evaluate_scalar_model(model: Any, processor: Any, cfg: ScalarModelConfig, kind: str) -> dict[str, Any] | None:
-    """Held-out report for a reward (``kind="reward"``) or cost model; None when no eval data is set."""
+def evaluate_scalar_model(model: Any, processor: Any, cfg: ScalarModelConfig, kind: str,
+                          spec: HeadSpec = HeadSpec()) -> dict[str, Any] | None:
+    """Held-out report for a reward (``kind="reward"``) or cost model; None when no eval data is set.
+    A head with several outputs is reported on its overall score (:meth:`HeadSpec.overall`) plus
+    what its kind adds (:data:`vlalign.trainers.reward_heads.HEAD_REPORTS`)."""
     if cfg.eval.data is None:
         return None
     records = eval_records(cfg)
     dataset = EncodedDataset(records, processor, collate_config(cfg), "pair")
     chosen, rejected = score_pairs(model, dataset, cfg.eval.batch_size)
     if kind != "cost":
-        return pairwise_report(chosen, rejected, cfg.eval.calibration_bins)
+        heads_c, heads_r = chosen.reshape(-1, spec.outputs), rejected.reshape(-1, spec.outputs)  # (N, outputs)
+        report = pairwise_report(spec.overall(heads_c), spec.overall(heads_r), cfg.eval.calibration_bins)
+        return {**report, **HEAD_REPORTS.get(spec.kind)(spec, heads_c, heads_r, records)}
     swap, safe_a, safe_b = safer_first(records, list(range(len(records))))
     safer, worse = torch.where(swap, rejected, chosen), torch.where(swap, chosen, rejected)
     return safety_report(safer, worse, safe_a, safe_b)
@@ -281,32 +289,44 @@ def save_scalar_model(run: Any, kind: str, extra: dict[str, Any] | None = None) 
     return written
 
 
+class Training(NamedTuple):
+    """What a scalar trainer trains on: the encoded rows, the sum-style micro-step, the unit its sums are
+    over (pairs, rankings, labelled aspect cells) and ``counts(batch)`` of that unit (None = one per row)."""
+
+    dataset: Any
+    micro_step: Any
+    unit: str
+    counts: Any = None
+
+
 def _run_scalar(cfg: ScalarModelConfig, kind: str, records: list[Any] | None, make: Any,
-                stop_after: int | None = None, wrap_model: Any = ScalarHeadModel,
+                stop_after: int | None = None, spec: HeadSpec = HeadSpec(), wrap_model: Any = ScalarHeadModel,
                 evaluate: Any = evaluate_scalar_model) -> dict[str, Any]:
     """Shared body of rm / cost-model / distill: start, evaluate, train, evaluate, save, write metrics.
 
-    ``make(run) -> (dataset, micro_step, unit)``: the encoded rows, the sum-style micro-step and the
-    name of the unit its sums are over (pairs, rankings). ``evaluate(model, processor, cfg, kind)`` gives
-    the held-out report before and after training."""
-    run = start_run(cfg, records, wrap_model=wrap_model)
+    ``make(run) -> Training``; ``spec`` is the head put on the backbone (one score unless the reward
+    model asks for an ensemble or aspects), ``wrap_model(backbone, head)`` the model around them and
+    ``evaluate(model, processor, cfg, kind, spec)`` the held-out report before and after training."""
+    run = start_run(cfg, records, wrap_model=lambda backbone: wrap_model(
+        backbone, spec.make_head(hidden_size_of(backbone))))
     try:
         metrics: dict[str, Any] = {"kind": kind}
         if cfg.eval.before_training:
-            metrics["before"] = evaluate(run.acc.unwrap_model(run.model), run.processor, cfg, kind)
-        dataset, micro_step, unit = make(run)
-        attach_dataset(run, dataset)
-        loss_fn = mean_over(unit, micro_step)
+            metrics["before"] = evaluate(run.acc.unwrap_model(run.model), run.processor, cfg, kind, spec)
+        train = make(run)
+        attach_dataset(run, train.dataset)
+        loss_fn = mean_over(train.unit, train.micro_step)
+        counts = train.counts or (lambda b: {train.unit: len(b.rows)})
         run.stop_after = stop_after
 
         for step in run.steps():
-            outcome = run.update(run.source.micro_batches(step), loss_fn, lambda b: {unit: len(b.rows)}, where=step + 1)
+            outcome = run.update(run.source.micro_batches(step), loss_fn, counts, where=step + 1)
             if run.end_step(step, outcome.metrics, outcome.finite):
                 break
 
-        metrics["after"] = evaluate(run.acc.unwrap_model(run.model), run.processor, cfg, kind)
-        saved = save_scalar_model(run, kind, {"max_length": cfg.data.max_length,
-                                              "facts": bool(getattr(cfg.model, "facts", False))})
+        metrics["after"] = evaluate(run.acc.unwrap_model(run.model), run.processor, cfg, kind, spec)
+        facts = {"facts": True} if getattr(cfg.model, "facts", False) else {}  # a plain model's meta stays as it is
+        saved = save_scalar_model(run, kind, {"max_length": cfg.data.max_length, **spec.meta(), **facts})
         summary = run.summary(saved)
         metrics.update(steps=summary["steps"], skipped_steps=summary["skipped_steps"], saved=saved,
                        stop_reason=summary["stop_reason"])
@@ -326,20 +346,26 @@ def train_reward_model(cfg: RewardModelConfig, records: list[Any] | None = None,
 @RM_KINDS.register("scalar")
 def train_scalar_reward_model(cfg: RewardModelConfig, records: list[Any] | None = None,
                               stop_after: int | None = None) -> dict[str, Any]:
-    """Bradley–Terry (pairs) or Plackett–Luce (ranked lists) reward model; returns the metrics."""
+    """Bradley–Terry (pairs) or Plackett–Luce (ranked lists) reward model, with one score head, an
+    ensemble of ``model.heads`` heads or one head per aspect; returns the metrics."""
+    spec = head_spec(cfg)
 
-    def make(run: Any) -> tuple[Any, Any, str]:
+    def make(run: Any) -> Training:
         collate_cfg = collate_config(cfg)
         rows = model_view(cfg, run.records)
         if _kind_of(run.records) == "ranked":
+            if spec.kind != "single":
+                raise ValueError(f"ranked lists train one score head (Plackett–Luce); this config asks for a "
+                                 f"{spec.kind} head. Fix: set model.heads=1 and aspects=[], or train on preference pairs")
             ds = RankedDataset([_RankedAsPrompt(r) for r in rows], run.processor, collate_cfg)
             ds.check_all(cfg.data.num_workers)
-            return ds, lambda b: pl_micro_step(run.model, b, run.records), "rankings"
+            return Training(ds, lambda b: pl_micro_step(run.model, b, run.records), "rankings")
+        micro_step, unit, counts = PAIR_TRAINING.get(spec.kind)(run, cfg, spec)
         ds = EncodedDataset(rows, run.processor, collate_cfg, "pair")
         ds.check_all(cfg.data.num_workers)
-        return ds, lambda b: bt_micro_step(run.model, b, run.records, cfg), "pairs"
+        return Training(ds, micro_step, unit, counts)
 
-    return _run_scalar(cfg, "reward", records, make, stop_after)
+    return _run_scalar(cfg, "reward", records, make, stop_after, spec)
 
 
 @RM_KINDS.register("critique")
@@ -354,11 +380,11 @@ def train_cost_model(cfg: CostModelConfig, records: list[Any] | None = None,
                      stop_after: int | None = None) -> dict[str, Any]:
     """Safe RLHF cost model (cost > 0 ⇔ unsafe); returns the metrics."""
 
-    def make(run: Any) -> tuple[Any, Any, str]:
+    def make(run: Any) -> Training:
         safer_first(run.records, list(range(len(run.records))))  # every row labelled, before any step
         ds = EncodedDataset(run.records, run.processor, collate_config(cfg), "pair")
         ds.check_all(cfg.data.num_workers)
-        return ds, lambda b: cost_micro_step(run.model, b, run.records, cfg), "pairs"
+        return Training(ds, lambda b: cost_micro_step(run.model, b, run.records, cfg), "pairs")
 
     return _run_scalar(cfg, "cost", records, make, stop_after)
 
@@ -371,7 +397,7 @@ def train_distill(cfg: DistillConfig, records: list[Any] | None = None,
     teacher = load_reward_model(cfg.teacher)
     kind = teacher.kind
 
-    def make(run: Any) -> tuple[Any, Any, str]:
+    def make(run: Any) -> Training:
         ds = EncodedDataset(run.records, run.processor, collate_config(cfg), "pair")
         ds.check_all(cfg.data.num_workers)
         targets = teacher.score_records(run.records, cfg.teacher_batch_size)  # (N, 2) computed once
@@ -384,7 +410,7 @@ def train_distill(cfg: DistillConfig, records: list[Any] | None = None,
             return StepResult(err.sum(dim=1).sum(), {"mse": err.mean(dim=1).detach().sum()},
                               int(batch.inputs["attention_mask"].sum()))  # fmt: skip
 
-        return ds, step, "pairs"
+        return Training(ds, step, "pairs")
 
     metrics = _run_scalar(cfg, kind, records, make, stop_after)
     metrics["teacher"] = str(cfg.teacher)

@@ -198,12 +198,31 @@ def _allowed(key: str, allowed: set[str]) -> bool:
     return any(".".join(parts[:i]) in allowed for i in range(1, len(parts) + 1))
 
 
-def resume_changes(saved: dict[str, Any], current: dict[str, Any], allow: list[str]) -> list[str]:
-    """``key: old -> new`` for every config difference that alters the optimisation and is not allowed."""
-    a, b = flat(saved), flat(current)
+def resume_changes(saved: dict[str, Any], current: dict[str, Any], allow: list[str],
+                   defaults: dict[str, Any] | None = None) -> list[str]:
+    """``key: old -> new`` for every config difference that alters the optimisation and is not allowed.
+
+    A key the saved config lacks is no difference when the current value is that key's default
+    (``defaults``, flattened): the checkpoint was written by a vlalign that did not have the option yet,
+    and a new option's default keeps the behaviour the run had."""
+    a, b, d = flat(saved), flat(current), defaults or {}
     allowed = SAFE_TO_CHANGE | set(allow)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and not _allowed(k, allowed)]
+            if a.get(k) != b.get(k) and not _allowed(k, allowed)
+            and not (k not in a and k in d and d[k] == b.get(k))]
+
+
+def config_defaults(cfg: Any) -> dict[str, Any]:
+    """Every field's default of ``cfg``'s config class and of the classes of its nested sections, flattened
+    like :func:`flat` (fields without a default are absent)."""
+    from pydantic import BaseModel
+
+    nested = {name for name in type(cfg).model_fields if isinstance(getattr(cfg, name), BaseModel)}
+    dump = type(cfg).model_construct().model_dump(mode="json", warnings=False)
+    out = flat({k: v for k, v in dump.items() if k not in nested})
+    for name in nested:
+        out.update({f"{name}.{k}": v for k, v in config_defaults(getattr(cfg, name)).items()})
+    return out
 
 
 def check_resume(state: dict[str, Any], cfg: Any, data_fingerprint: str, checkpoint: Path) -> None:
@@ -211,7 +230,8 @@ def check_resume(state: dict[str, Any], cfg: Any, data_fingerprint: str, checkpo
     problems = []
     saved_cfg = state.get("config")
     if saved_cfg is not None:
-        problems += resume_changes(saved_cfg, cfg.model_dump(mode="json"), list(cfg.resume_allow_changes))
+        problems += resume_changes(saved_cfg, cfg.model_dump(mode="json"), list(cfg.resume_allow_changes),
+                                   config_defaults(cfg))
     saved_fp = state.get("data_fingerprint")
     if saved_fp and saved_fp != data_fingerprint and "data" not in cfg.resume_allow_changes:
         problems.append(f"training data: fingerprint {saved_fp} -> {data_fingerprint} (the rows differ)")

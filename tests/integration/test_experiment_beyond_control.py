@@ -1,0 +1,120 @@
+"""`vlalign experiment beyond-control`: the budget rule, best-of-K and the target checks on hand-worked
+numbers, and the recipe end to end on a minimal config (report structure, every method measured)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from vlalign.config import ConfigError
+from vlalign.experiments.beyond_control import BeyondControlConfig, label_budget
+from vlalign.experiments.beyond_pool import best_of_k
+from vlalign.experiments.beyond_report import TargetRule, best_method, checks_passed, seed_checks
+
+# ------------------------------------------------------------------------------------------ maths
+
+
+def test_best_of_k_takes_the_first_best_non_empty_answer():
+    assert best_of_k(["a", "b", "c"], [-2.0, 0.0, 0.0]) == 1  # tie between 1 and 2: the first
+    assert best_of_k(["  ", "b", "c"], [5.0, -1.0, -3.0]) == 1  # the empty answer never wins
+    assert best_of_k(["", " "], [0.0, 1.0]) is None
+
+
+def test_seed_checks_hand_worked():
+    rule = TargetRule(chair_cut=0.8, recall_ratio=0.95)
+    # SFT CHAIR_i 0.30, recall 0.80. CHAIR_i 0.05: cut 1 − 0.05/0.30 = 0.8333 ≥ 0.8; recall 0.78: 0.975 ≥ 0.95
+    ok = seed_checks(0.05, 0.78, 0.004, 0.30, 0.80, rule)
+    assert ok["chair_cut"] == pytest.approx(0.833333, abs=1e-6) and ok["recall_ratio"] == pytest.approx(0.975)
+    assert ok["met"]
+    assert not seed_checks(0.09, 0.78, 0.004, 0.30, 0.80, rule)["cut_ok"]  # cut 0.70
+    assert not seed_checks(0.05, 0.70, 0.004, 0.30, 0.80, rule)["recall_ok"]  # 0.875 × SFT's recall
+    lower = seed_checks(0.05, 0.78, -0.001, 0.30, 0.80, rule)  # POPE F1's paired CI lies below zero
+    assert not lower["pope_ok"] and not lower["met"]
+
+
+def _checks(*flags):
+    return [{"cut_ok": c, "recall_ok": r, "pope_ok": p} for c, r, p in flags]
+
+
+def test_best_method_prefers_seeds_met_then_beating_the_control_then_checks_passed():
+    two = _checks((True, True, True), (True, True, True), (False, True, True))
+    v = {"rft": {"seeds_met": 3, "beats_control": False, "chair_i": 0.01, "per_seed": two},  # the control is never "best"
+         "dpo": {"seeds_met": 2, "beats_control": False, "chair_i": 0.10, "per_seed": two},
+         "grpo": {"seeds_met": 2, "beats_control": True, "chair_i": 0.12, "per_seed": two},
+         "ppo": {"seeds_met": 1, "beats_control": True, "chair_i": 0.05, "per_seed": two}}  # fmt: skip
+    assert best_method(v) == "grpo"
+    assert best_method({"rft": v["rft"]}) is None
+    # nothing meets the target: the one passing more single checks is closest, even with a higher CHAIR_i
+    # (a method that names nothing has CHAIR_i 0 and fails recall on every seed: 4 of 6 checks vs 5 of 6)
+    mute = {"seeds_met": 0, "beats_control": False, "chair_i": 0.0, "per_seed": _checks((True, False, True), (True, False, True))}
+    near = {"seeds_met": 0, "beats_control": False, "chair_i": 0.2, "per_seed": _checks((False, True, True), (True, True, True))}
+    assert checks_passed(mute["per_seed"]) == 4 and checks_passed(near["per_seed"]) == 5
+    assert best_method({"rft": v["rft"], "dpo": mute, "grpo": near}) == "grpo"
+
+
+def test_every_method_gets_the_same_label_budget():
+    cfg = BeyondControlConfig.from_recipe()
+    want = cfg.pool.n_prompts * cfg.pool.samples_per_prompt
+    assert {m: label_budget(cfg, m) for m in cfg.methods} == dict.fromkeys(cfg.methods, want)
+    with pytest.raises(ConfigError, match="grpo samples and scores 960 answers but the pool has"):
+        BeyondControlConfig.from_recipe(overrides=["grpo.steps=30"])
+    with pytest.raises(ConfigError, match="must include the control 'rft'"):
+        BeyondControlConfig.from_recipe(overrides={"methods": ["dpo"]})
+    with pytest.raises(ConfigError, match="iterative.rounds=3 must divide"):
+        BeyondControlConfig.from_recipe(overrides=["iterative.rounds=3"])
+    with pytest.raises(ConfigError, match="hybrid.dpo_share=0.3 must split whole"):
+        BeyondControlConfig.from_recipe(overrides=["hybrid.dpo_share=0.3"])
+    with pytest.raises(ConfigError, match="Did you mean 'ppo'"):
+        BeyondControlConfig.from_recipe(overrides={"methods": ["rft", "ppp"]})
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+def test_minimal_run_measures_every_method_and_writes_the_report(tmp_path):
+    from vlalign.experiments.beyond_control import run_beyond_control
+
+    # the small preset (configs/experiments/beyond_control_quick.yaml): 8 prompts × K 4 = 32 labels per method
+    cfg = BeyondControlConfig.from_recipe("experiments/beyond_control_quick")
+    res = run_beyond_control(cfg, tmp_path, log=lambda s: None)
+    methods = cfg.methods
+    assert methods == ["rft", "dpo", "mm_dpo", "iterative_dpo", "ppo_segment", "dpo_grpo"]
+    assert [(r["method"], r["seed"]) for r in res["runs"]] == [(m, 0) for m in methods]
+    for r in res["runs"]:  # every method measured, on the same items, with its intervals and its label budget
+        assert {"chair_i", "object_recall", "pope_f1", "perception_share"} <= set(r["metrics"]), r["method"]
+        iv = r["intervals"]["chair_i"]
+        assert iv["low"] <= r["metrics"]["chair_i"] <= iv["high"]
+        assert r["train"]["labels"] == 32
+    # the pool: 8 prompts × 4 answers, scored by the exact judge itself, so no label differs from it
+    pool = res["pool"]
+    assert (pool["prompts"], pool["answers"], pool["rft_rows"]) == (8, 32, 8)
+    assert pool["labels_differing_from_exact"] == 0.0 and pool["pairs"] >= 1
+    updates = {r["method"]: r["train"]["updates"] for r in res["runs"]}
+    assert (updates["rft"], updates["dpo"], updates["mm_dpo"], updates["ppo_segment"]) == (2, 2, 2, 4)
+    # iterative DPO spent exactly its budget: 2 rounds × 4 prompts × K 4; a round without a batch of pairs
+    # trains no step, and the count says so
+    it = json.loads((tmp_path / "runs" / "iterative_dpo_seed0" / "summary.json").read_text())
+    assert it["labels"] == 32 and len(it["rounds"]) == 2
+    assert updates["iterative_dpo"] == sum(r["dpo_steps"] for r in it["rounds"])
+    # paired differences vs the control: one interval per seed, equal to the difference of the point values
+    ctl = next(r for r in res["runs"] if r["method"] == "rft")["metrics"]["chair_i"]
+    for r in res["runs"]:
+        if r["method"] != "rft":
+            d = res["comparisons"][r["method"]]["vs_control"]["chair_i"]["per_seed"][0]["value"]
+            assert d == pytest.approx(r["metrics"]["chair_i"] - ctl)
+    # verdict lines: the target line and the control line (with evidence when nothing beats the control)
+    text = "\n".join(res["summary"])
+    assert "TARGET (" in text and "BEATS THE CONTROL" in text
+    if not any(v["beats_control"] for v in res["verdicts"].values()):
+        assert "no method beats the control" in text and "perception errors" in text
+    md = (tmp_path / "report.md").read_text()
+    for heading in ("## Per method", "## Paired difference vs the control", "## Every run", "## Examples (seed 0)"):
+        assert heading in md
+    assert all(f"| {m} |" in md for m in methods)
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64") == 2
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["machine_line"] and set(saved["aggregate"]) == set(methods)
+    sft_share = saved["sft"]["perception_share"]
+    assert math.isnan(sft_share) or 0.0 <= sft_share <= 1.0
