@@ -154,9 +154,12 @@ def _check(one: Path, two: Path, kind: str) -> None:
         assert b == pytest.approx(a, rel=1e-5, abs=1e-5), key
     assert _curve(one, "loss")[0] != _curve(one, "loss")[-1]  # it trained
     # the gradient of the first step (same weights on both sides) matches to 1e-5; later steps start from
-    # weights that Adam has already moved apart by rounding (below), measured 1.2e-5 relative at step 3
+    # weights that Adam has already moved apart by rounding (below): measured up to 1.2e-5 relative at step 3
+    # on AVX2 machines and 1.2e-4 at step 2 (reward model, ATEN_CPU_CAPABILITY=default on an AVX-512 AMD
+    # EPYC), so later steps are held to 1e-3: an 8x margin over the largest seen, still far below what a
+    # wrong gradient reduction (a factor of ~2 from a missing average) would give
     ga, gb = _curve(one, "grad_norm"), _curve(two, "grad_norm")
-    assert gb[0] == pytest.approx(ga[0], rel=1e-5) and gb == pytest.approx(ga, rel=1e-4)
+    assert gb[0] == pytest.approx(ga[0], rel=1e-5) and gb == pytest.approx(ga, rel=1e-3)
     # Weights: Adam divides each gradient by its own running RMS, so a parameter whose gradient is ~0 moves
     # by up to ~lr in a direction set by float rounding (measured: up to 7.6e-4 with lr 2e-3 after 3 steps).
     # Loss, reward and gradient-norm curves within 1e-5 are the equality claim; this bound says the runs
