@@ -166,12 +166,14 @@ def test_row_trimmer_trims_once_per_thousand_rows():
         RowTrimmer(every=0)
 
 
-def test_a_stream_reads_arrow_through_the_system_allocator_until_closed(data_dir, processor):
-    import pyarrow as pa
+def test_importing_vlalign_puts_arrow_on_the_system_allocator_unless_the_user_chose():
+    import os
+    import subprocess
+    import sys
 
-    before = pa.default_memory_pool().backend_name
-    src = source(data_dir, processor)
-    run(src, [0])
-    assert pa.default_memory_pool().backend_name == "system"
-    src.close()
-    assert pa.default_memory_pool().backend_name == before
+    code = "import vlalign.data.stream, pyarrow; print(pyarrow.default_memory_pool().backend_name)"
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    run = lambda e: subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True,
+                                   check=True).stdout.strip()
+    assert run(env) == "system"
+    assert run({**env, "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}) == "mimalloc"

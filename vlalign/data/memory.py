@@ -1,5 +1,5 @@
-"""Keep a streaming pass's resident memory flat: read Arrow data through the system allocator and hand
-the C heap's free pages back to the OS every so many rows.
+"""Keep a streaming pass's resident memory flat: Arrow on the system allocator, and the C heap's free pages
+handed back to the OS every so many rows.
 
 WHY: a streaming pass reads Parquet row groups (Arrow buffers) and makes one Python ``bytes`` object per
 encoded image, tens of KB each — too small for glibc to serve with mmap, so they live in the heap. Nothing
@@ -9,9 +9,11 @@ hold on to freed pages. Measured on the data-path benchmark (bench/data_path.py:
 defaults, 824 → 938 MiB with Arrow on the system allocator alone, and stayed at 787 → 812 MiB with the
 system allocator plus ``malloc_trim(0)`` every 1,000 rows. A trim costs about a millisecond.
 
-Both changes are process-wide but change no result: which allocator serves Arrow's buffers, and when
-glibc releases pages it no longer uses. The previous Arrow pool comes back when the pass closes; where
-the C library is not glibc the trim is a no-op.
+Arrow's C++ default allocator is chosen once, when pyarrow loads, from ``ARROW_DEFAULT_MEMORY_POOL``
+(switching ``pyarrow.set_memory_pool`` later does not reach the Parquet reader's buffers): ``import vlalign``
+sets it to ``system`` unless the user chose one. Both settings are process-wide and change no result, only
+which allocator serves Arrow's buffers and when glibc releases pages it no longer uses; where the C library
+is not glibc the trim is a no-op.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ TRIM_EVERY_ROWS = 1000
 
 
 def trim_heap() -> bool:
-    """``malloc_trim(0)``: return the free pages of glibc's heaps to the OS; False where it is not glibc."""
+    """Return freed memory to the OS: Arrow's default pool (``release_unused``: mimalloc/jemalloc keep freed
+    pages otherwise) and glibc's heaps (``malloc_trim(0)``). False where the C library is not glibc."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
     try:
         return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
     except (OSError, AttributeError):
@@ -43,22 +49,3 @@ class RowTrimmer:
         if self.rows // self.every > before // self.every:
             self.trim()
             self.trims += 1
-
-
-class SystemArrowPool:
-    """While open, pyarrow allocates from the system allocator (so :func:`trim_heap` reaches its freed
-    buffers); :meth:`close` puts the previous default pool back. Buffers remember the pool that made them,
-    so switching back is safe with buffers still alive."""
-
-    def __init__(self) -> None:
-        import pyarrow as pa
-
-        self._previous = pa.default_memory_pool()
-        pa.set_memory_pool(pa.system_memory_pool())
-
-    def close(self) -> None:
-        if self._previous is not None:
-            import pyarrow as pa
-
-            pa.set_memory_pool(self._previous)
-            self._previous = None

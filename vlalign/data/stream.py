@@ -31,7 +31,7 @@ from datasets.distributed import split_dataset_by_node
 
 from vlalign.data.collate import Batch, CollateConfig, CollateError, collate
 from vlalign.data.loader import RecordEncoder
-from vlalign.data.memory import RowTrimmer, SystemArrowPool
+from vlalign.data.memory import RowTrimmer
 from vlalign.data.sources import RawSource, SourceSpec, open_source
 from vlalign.data.transform import ConvertSpec, convert_stream_row, decode_record, undecoded
 from vlalign.data.validate import DataError, RowError, convert_spec, detect_formats, image_limits
@@ -103,7 +103,6 @@ class StreamSource:
         self.bad_rows = 0
         self._items: Iterator[Item] | None = None
         self._pool: OrderedPool | None = None
-        self._arrow: SystemArrowPool | None = None  # flat memory over long passes (vlalign.data.memory)
         self._trimmer = RowTrimmer()
 
     # ---- the stream ----------------------------------------------------------------------------
@@ -121,8 +120,6 @@ class StreamSource:
     def _stream(self, epoch: int, pos: int, sub: int) -> Iterator[Item]:
         if self._pool is None:
             self._pool = OrderedPool(self.num_workers, {"spec": self.spec, "encoder": self.encoder})
-        if self._arrow is None:
-            self._arrow = SystemArrowPool()
         while True:
             rows = enumerate(itertools.islice(iter(self.raw_epoch(epoch)), pos, None), start=pos)
             chunks = _chunks(rows, self.chunk)
@@ -207,9 +204,6 @@ class StreamSource:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
-        if self._arrow is not None:
-            self._arrow.close()
-            self._arrow = None
 
 
 def stream_source(data: Any, processor: Any, kind: str, *, micro_batch: int, micro_batches_per_step: int = 1,
