@@ -19,9 +19,21 @@ is not glibc the trim is a no-op.
 from __future__ import annotations
 
 import ctypes
+import functools
 from typing import Any
 
 TRIM_EVERY_ROWS = 1000
+
+
+@functools.cache
+def glibc() -> Any:
+    """The process's glibc (loaded once), or None where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc-only symbols: musl and others lack them)
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def trim_heap() -> bool:
@@ -30,10 +42,8 @@ def trim_heap() -> bool:
     import pyarrow as pa
 
     pa.default_memory_pool().release_unused()
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    libc = glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
 class RowTrimmer:

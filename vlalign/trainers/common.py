@@ -132,17 +132,14 @@ def return_freed_memory_to_os(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     Process-wide and harmless to results; skipped when the user set ``MALLOC_MMAP_THRESHOLD_``
     themselves, and a no-op (returns False) where the C library is not glibc.
     """
-    import ctypes
     import os
 
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    from vlalign.data.memory import glibc
+
+    libc = glibc()
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or libc is None:
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, threshold))
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
 
 
 # ------------------------------------------------------------------------------------------ accelerator
