@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from vlalign.config import ConfigError
-from vlalign.experiments.beyond_control import BeyondControlConfig, label_budget
+from vlalign.experiments.beyond_control import BeyondControlConfig, ensemble_reward, label_budget
 from vlalign.experiments.beyond_pool import best_of_k
-from vlalign.experiments.beyond_report import TargetRule, best_method, checks_passed, seed_checks
+from vlalign.experiments.beyond_report import (
+    TargetRule,
+    best_method,
+    checks_passed,
+    rollout_curves,
+    seed_checks,
+)
 
 # ------------------------------------------------------------------------------------------ maths
 
@@ -70,6 +77,35 @@ def test_every_method_gets_the_same_label_budget():
         BeyondControlConfig.from_recipe(overrides={"methods": ["rft", "ppp"]})
 
 
+def test_alignment_freeze_and_the_ensemble_arm_config():
+    cfg = BeyondControlConfig.from_recipe()
+    sft = Path("/m")
+    assert cfg.policy(sft) == {"name_or_path": "/m", "freeze": ["vision_tower"]}  # align_freeze null = freeze
+    free = BeyondControlConfig.from_recipe(overrides={"align_freeze": []})
+    assert free.policy(sft)["freeze"] == [] and free.freeze == ["vision_tower"]  # the base's SFT keeps its tower fixed
+    assert label_budget(cfg, "grpo_ensemble") == cfg.pool.n_prompts * cfg.pool.samples_per_prompt
+    assert ensemble_reward(cfg, Path("/rm")) == {"name": "learned", "kwargs": {"path": "/rm", "aggregate": "conservative",
+                                                                                "coef": 1.0, "batch_size": 32}}  # fmt: skip
+    with pytest.raises(ConfigError, match="Did you mean 'conservative'"):
+        BeyondControlConfig.from_recipe(overrides=["ensemble.aggregate=conservativ"])
+    with pytest.raises(ConfigError, match="ensemble.heads"):
+        BeyondControlConfig.from_recipe(overrides=["ensemble.heads=1"])
+
+
+def test_rollout_curves_read_the_feedback_score_of_each_online_run(tmp_path):
+    def log(method, rows):
+        folder = tmp_path / "runs" / f"{method}_seed0"
+        folder.mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    log("grpo", [{"step": 1, "reward/mean": -1.5}, {"step": 2, "reward/mean": -1.0}, {"step": 2, "loss": 0.3}])
+    log("grpo_ensemble", [{"step": 1, "reward/mean": 0.4, "gold/mean": -2.0}])  # its reward is the ensemble's
+    log("rft", [{"step": 1, "loss": 2.0}])  # offline: no rollouts
+    curves = rollout_curves(tmp_path, ["rft", "grpo", "grpo_ensemble", "ppo"], 0)
+    assert curves == {"grpo": [{"step": 1, "feedback score": -1.5}, {"step": 2, "feedback score": -1.0}],
+                      "grpo_ensemble": [{"step": 1, "feedback score": -2.0}]}  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------ end to end
 
 def test_minimal_run_measures_every_method_and_writes_the_report(tmp_path):
@@ -79,7 +115,7 @@ def test_minimal_run_measures_every_method_and_writes_the_report(tmp_path):
     cfg = BeyondControlConfig.from_recipe("experiments/beyond_control_quick")
     res = run_beyond_control(cfg, tmp_path, log=lambda s: None)
     methods = cfg.methods
-    assert methods == ["rft", "dpo", "mm_dpo", "iterative_dpo", "ppo_segment", "dpo_grpo"]
+    assert methods == ["rft", "dpo", "mm_dpo", "iterative_dpo", "ppo_segment", "dpo_grpo", "grpo_ensemble"]
     assert [(r["method"], r["seed"]) for r in res["runs"]] == [(m, 0) for m in methods]
     for r in res["runs"]:  # every method measured, on the same items, with its intervals and its label budget
         assert {"chair_i", "object_recall", "pope_f1", "perception_share"} <= set(r["metrics"]), r["method"]
@@ -92,6 +128,16 @@ def test_minimal_run_measures_every_method_and_writes_the_report(tmp_path):
     assert pool["labels_differing_from_exact"] == 0.0 and pool["pairs"] >= 1
     updates = {r["method"]: r["train"]["updates"] for r in res["runs"]}
     assert (updates["rft"], updates["dpo"], updates["mm_dpo"], updates["ppo_segment"]) == (2, 2, 2, 4)
+    # the ensemble arm: 2 reward-model steps on every differently scored pair of the pool, then 4 GRPO updates
+    # rewarded by the ensemble's mean − std (its logged reward parts say so)
+    assert updates["grpo_ensemble"] == 2 + 4
+    ens = next(r for r in res["runs"] if r["method"] == "grpo_ensemble")["train"]
+    assert ens["rm_pairs"] == pool["rm_pairs"] >= pool["pairs"] and ens["rm_steps"] == 2
+    ens_dir = tmp_path / "runs" / "grpo_ensemble_seed0"
+    assert json.loads((ens_dir / "reward_model" / "final" / "reward_model.json").read_text())["heads"] == 2
+    logged = [json.loads(line) for line in (ens_dir / "metrics.jsonl").read_text().splitlines()]
+    rollouts = [row for row in logged if "reward/ensemble_std" in row]
+    assert len(rollouts) == 4 and all("gold/mean" in row for row in rollouts)
     # iterative DPO spent exactly its budget: 2 rounds × 4 prompts × K 4; a round without a batch of pairs
     # trains no step, and the count says so
     it = json.loads((tmp_path / "runs" / "iterative_dpo_seed0" / "summary.json").read_text())
@@ -113,7 +159,7 @@ def test_minimal_run_measures_every_method_and_writes_the_report(tmp_path):
         assert heading in md
     assert all(f"| {m} |" in md for m in methods)
     html = (tmp_path / "report.html").read_text()
-    assert html.count("data:image/png;base64") == 2
+    assert html.count("data:image/png;base64") == 3  # per method, rollout curves, vs the control
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["machine_line"] and set(saved["aggregate"]) == set(methods)
     sft_share = saved["sft"]["perception_share"]

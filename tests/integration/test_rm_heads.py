@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,13 @@ def test_saved_ensemble_reloads_and_scores_identically(trained_ensemble, rewards
     assert torch.allclose(got.parts["ensemble_mean"], mean, atol=1e-4)
     with pytest.raises(ValueError, match="'aspects' applies to aspects reward models"):
         build_source({"name": "learned", "kwargs": {"path": str(out), "aspects": ["helpfulness"]}})
+
+    # a sampled answer may be empty (the generation stopped at once): it is scored as the end-of-turn tokens
+    # alone, exactly as the same empty answer reads inside a preference pair, instead of failing the rollout
+    empty = src.score([Sample(records[0].images, records[0].prompt, "")])
+    as_pair = rm.head_scores_records([replace(records[0], chosen="")], batch_size=1)[0, 0]  # (K,)
+    want = as_pair.mean() - 2.0 * as_pair.std(unbiased=False)
+    assert torch.isfinite(empty.rewards).all() and empty.rewards[0].item() == pytest.approx(want.item(), abs=1e-5)
 
 
 def test_grpo_step_on_the_conservative_ensemble_reward(trained_ensemble, tiny_model_dir, tmp_path):

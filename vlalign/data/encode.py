@@ -279,6 +279,15 @@ def _unpaired_texts(record: Any, row: int) -> list[tuple[str, Sequence[Any]]]:
     return [(record.completion, ())]
 
 
-RESPONSE_FIELDS = {"sft": _sft_texts, "pair": _pair_texts, "unpaired": _unpaired_texts}
+def _scored_texts(record: Any, row: int) -> list[tuple[str, Sequence[Any]]]:
+    """A sampled answer to be scored (reward / cost models): unlike a training target it may be empty, since a
+    generation can stop at once; it is then the end-of-turn suffix alone, the tokens the model produced."""
+    if not isinstance(getattr(record, "reference", None), str):
+        raise CollateError(f"row {row} (id {record.id!r}): a scored answer needs a string `reference` (the answer)")
+    return [(record.reference, ())]
+
+
+# record kind -> the response texts of a row: sft / pair / unpaired train; score reads answers to score
+RESPONSE_FIELDS = {"sft": _sft_texts, "pair": _pair_texts, "unpaired": _unpaired_texts, "score": _scored_texts}
 
 

@@ -87,6 +87,24 @@ class IterativeConfig(BaseConfig):
     rounds: int = Field(..., ge=1, description="sample → score → DPO rounds; pool prompts and offline steps split evenly")
 
 
+class EnsembleConfig(Stage):
+    """Ensemble-penalised GRPO: a reward model of ``heads`` heads (each on its own bootstrap resample when
+    ``bootstrap``) trained on the pool's labels, then GRPO on ``aggregate`` of its heads (``conservative``:
+    mean − coef·std) instead of the feedback. The reward model's steps, batch and learning rate are this stage's."""
+
+    heads: int = Field(4, ge=2, description="ensemble members (linear heads on one decoder)")
+    bootstrap: bool = True
+    aggregate: str = Field("conservative", description="a name in ENSEMBLE_AGGREGATIONS")
+    coef: float = Field(1.0, ge=0, description="weight of the disagreement in the aggregate")
+
+    @model_validator(mode="after")
+    def _known_aggregate(self) -> EnsembleConfig:
+        from vlalign.objectives import ENSEMBLE_AGGREGATIONS
+
+        ENSEMBLE_AGGREGATIONS.known(self.aggregate)
+        return self
+
+
 class HybridConfig(BaseConfig):
     dpo_share: float = Field(..., gt=0, lt=1, description="share of the label budget spent on one DPO round; GRPO gets the rest")
 
@@ -98,6 +116,9 @@ class BeyondControlConfig(TinyRecipe):
 
     vision_warmup: VisionWarmupConfig
     freeze: list[str] = Field(..., description="model parts fixed in SFT and every later stage")
+    align_freeze: list[str] | None = Field(None, description="model parts fixed in the alignment stages (every method "
+                                           "and the ensemble's reward model); None = ``freeze``. [] lets alignment "
+                                           "update the vision tower too")  # fmt: skip
     sft: Stage = Field(..., description="the base's SFT stage (steps, batch, learning rate)")
     base_from: str | None = Field(..., description="reuse data and SFT model of an earlier run's folder (its base.json)")
     feedback: RewardSourceConfig = Field(..., description="the score-only source every method learns from")
@@ -109,6 +130,7 @@ class BeyondControlConfig(TinyRecipe):
     mm_dpo: MMDPOConfig
     iterative: IterativeConfig
     hybrid: HybridConfig
+    ensemble: EnsembleConfig = Field(default_factory=lambda: EnsembleConfig(steps=64, batch_size=16, learning_rate=1e-3))
     grpo: RLStage
     ppo: RLStage = Field(..., description="ppo and ppo_segment")
     targets: TargetRule
@@ -117,7 +139,9 @@ class BeyondControlConfig(TinyRecipe):
     generation: GenerationConfig
 
     def policy(self, model_dir: Path) -> dict[str, Any]:
-        return {"name_or_path": str(model_dir), "freeze": list(self.freeze)}
+        """The model section of every alignment stage started from ``model_dir``."""
+        frozen = self.freeze if self.align_freeze is None else self.align_freeze
+        return {"name_or_path": str(model_dir), "freeze": list(frozen)}
 
     @model_validator(mode="after")
     def _same_budget(self) -> BeyondControlConfig:
@@ -139,6 +163,8 @@ def label_budget(cfg: BeyondControlConfig, method: str) -> int:
     RL: steps × prompts per step × K; the hybrid: its DPO round's share of the pool + the rest as GRPO."""
     p, k, g = cfg.pool.n_prompts, cfg.pool.samples_per_prompt, cfg.grpo
     rl = {"grpo": cfg.grpo, "ppo": cfg.ppo, "ppo_segment": cfg.ppo}
+    if method == "grpo_ensemble":  # the reward model learns from the pool's labels; its rollouts cost no label
+        return p * k
     if method in rl:
         s = rl[method]
         return s.steps * s.prompts_per_step * s.num_samples
@@ -269,6 +295,32 @@ def _train_rl(kind: str, setup: Setup, seed: int, out: Path) -> dict[str, Any]:
 
 for _kind in ("grpo", "ppo", "ppo_segment"):
     BEYOND_METHODS.register(_kind)(lambda setup, seed, out, _k=_kind: _train_rl(_k, setup, seed, out))
+
+
+def ensemble_reward(cfg: BeyondControlConfig, rm_dir: Path) -> dict[str, Any]:
+    """The reward source of ensemble-penalised GRPO: the trained ensemble read through its aggregate."""
+    e = cfg.ensemble
+    return {"name": "learned", "kwargs": {"path": str(rm_dir), "aggregate": e.aggregate, "coef": e.coef, "batch_size": 32}}
+
+
+@BEYOND_METHODS.register("grpo_ensemble")
+def train_grpo_ensemble(setup: Setup, seed: int, out: Path) -> dict[str, Any]:
+    """Ensemble-penalised GRPO: a reward model of ``ensemble.heads`` heads learns the pool's labels (every
+    pair of differently scored answers, from the SFT model), then GRPO (the ``grpo`` budget of rollouts, scored
+    by the ensemble, never by the feedback) maximises its ``mean − coef·std``: where the heads disagree, the
+    answer is off the labels' support and the reward is lowered."""
+    from vlalign.trainers.reward_model import train_reward_model
+
+    cfg, e, g = setup.cfg, setup.cfg.ensemble, setup.cfg.grpo
+    rm_dir = out / "reward_model"
+    model = {**cfg.policy(setup.base.sft_model), "heads": e.heads}
+    rm_cfg = trainer_config("reward_model", rm_dir, seed, model, setup.pool.rm_pair_file, e, bootstrap=e.bootstrap,
+                            mixed_precision="no")  # fmt: skip
+    rm = train_reward_model(rm_cfg, setup.pool.rm_pairs)
+    # gold: the feedback scores the rollouts too, logged only (gold/*), so a hacked ensemble shows in the curves
+    rl = {**rl_values(setup, "grpo", g, out / "rl"), "reward": ensemble_reward(cfg, rm_dir), "gold": cfg.feedback.model_dump()}
+    train_grpo(trainer_config("grpo", out, seed, cfg.policy(setup.base.sft_model), setup.prompts, g, **rl))
+    return {"updates": e.steps + g.steps, "rm_pairs": len(setup.pool.rm_pairs), "rm_steps": rm.get("steps")}
 
 
 # ------------------------------------------------------------------------------------------ recipe

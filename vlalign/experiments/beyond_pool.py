@@ -55,6 +55,8 @@ class Pool:
     pairs: list[Any]  # best vs worst of K, ``margin`` = score gap
     pair_file: Path
     info: dict[str, Any]
+    rm_pairs: list[Any]  # every pair of differently scored answers of a prompt: what a reward model learns from
+    rm_pair_file: Path
 
 
 def build_pool(cfg: Any, base: Base, pool_prompts: Path, out: Path, log: Callable[[str], None]) -> Pool:
@@ -70,7 +72,7 @@ def build_pool(cfg: Any, base: Base, pool_prompts: Path, out: Path, log: Callabl
     groups = sample_scored(loaded.model, loaded.processor, prompts, rollout, source, CollateConfig(max_length=160),
                            (cfg.seed, "beyond_pool"), p.batch_size)  # fmt: skip
     del loaded
-    rft, pairs, no_pair = [], [], 0
+    rft, pairs, rm_pairs, no_pair = [], [], [], 0
     for g in groups:
         best = best_of_k(g.texts, g.scores)
         if best is not None:
@@ -79,6 +81,7 @@ def build_pool(cfg: Any, base: Base, pool_prompts: Path, out: Path, log: Callabl
         got, why = group_pairs(g, "best_worst", 0.0, cfg.feedback.name)
         pairs += got
         no_pair += why is not None
+        rm_pairs += group_pairs(g, "all_pairs", 0.0, cfg.feedback.name)[0]
     # the exact judge with the feedback's omission weight: what a noise-free score would have been
     exact = build_source({"name": "shapes_errors", "kwargs": {"omission_weight": cfg.feedback.kwargs.get("omission_weight", 1.0)}})
     samples = [Sample(list(g.record.images), g.record.prompt, t, dict(g.record.meta)) for g in groups for t in g.texts]
@@ -88,7 +91,7 @@ def build_pool(cfg: Any, base: Base, pool_prompts: Path, out: Path, log: Callabl
     agree = [true_of[(pr.meta["source_id"], pr.chosen)] > true_of[(pr.meta["source_id"], pr.rejected)] for pr in pairs]
     info = {"prompts": len(groups), "answers": len(given), "score_mean": sum(given) / len(given),
             "best_of_k_mean": sum(max(g.scores) for g in groups) / len(groups), "rft_rows": len(rft), "pairs": len(pairs),
-            "prompts_without_pair": no_pair, "labels_differing_from_exact": sum(a != b for a, b in zip(given, true)) / len(given),
+            "rm_pairs": len(rm_pairs), "prompts_without_pair": no_pair, "labels_differing_from_exact": sum(a != b for a, b in zip(given, true)) / len(given),
             "pairs_right_by_exact_judge": sum(agree) / len(agree) if agree else float("nan"),
             "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     if not pairs:
@@ -96,9 +99,10 @@ def build_pool(cfg: Any, base: Base, pool_prompts: Path, out: Path, log: Callabl
                            "or pool.temperature")  # fmt: skip
     write_samples(groups, folder / "samples.jsonl")
     rft_file, pair_file = write_jsonl(rft, folder / "rft.jsonl"), write_jsonl(pairs, folder / "pairs.jsonl")
+    rm_file = write_jsonl(rm_pairs, folder / "rm_pairs.jsonl")
     (folder / "summary.json").write_text(json.dumps(info, indent=2) + "\n")
     log(f"[beyond-control] pool: {info}")
-    return Pool(rft, rft_file, pairs, pair_file, info)
+    return Pool(rft, rft_file, pairs, pair_file, info, rm_pairs, rm_file)
 
 
 def _chunks(xs: list[float], k: int) -> list[list[float]]:

@@ -27,7 +27,15 @@ from vlalign.config import BaseConfig
 from vlalign.data.records import PromptRecord
 from vlalign.data.shapes.grammar import yes_no_question
 from vlalign.evaluation.hallucination import parse_yes_no
-from vlalign.evaluation.report import Report, _figure, _png, fmt_value, markdown_table, plot_errorbars
+from vlalign.evaluation.report import (
+    Report,
+    _figure,
+    _png,
+    fmt_value,
+    markdown_table,
+    plot_curves,
+    plot_errorbars,
+)
 from vlalign.experiments.evaluator import Evaluation
 from vlalign.experiments.uncertainty import ci_text, compare, spread, spread_text
 from vlalign.machine import machine_info, machine_line
@@ -185,6 +193,21 @@ def plot_vs_control(cmp: Mapping[str, Any], seeds: Sequence[int], key: str = "ch
     return _png(fig)
 
 
+def rollout_curves(out: Path, methods: Sequence[str], seed: int) -> dict[str, list[dict[str, float]]]:
+    """Per online method (seed ``seed``), the feedback's mean score of each rollout batch by update: ``gold/mean``
+    where the run's reward was something else (the ensemble arm logs the feedback as gold), else ``reward/mean``
+    (the feedback itself). Methods with no rollout log (the offline ones) are left out."""
+    curves = {}
+    for m in methods:
+        log = out / "runs" / f"{m}_seed{seed}" / "metrics.jsonl"
+        rows = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+        pts = [{"step": r["step"], "feedback score": r.get("gold/mean", r.get("reward/mean"))} for r in rows
+               if "step" in r and ("gold/mean" in r or "reward/mean" in r)]  # fmt: skip
+        if pts:
+            curves[m] = pts
+    return curves
+
+
 def examples(out: Path, methods: Sequence[str], seed: int, n: int = 3) -> list[list[str]]:
     """The first ``n`` eval captions SFT hallucinated on, as each method (seed ``seed``) answered them."""
 
@@ -233,6 +256,11 @@ def write_reports(out: Path, result: Mapping[str, Any]) -> None:
     rep.heading("Per method")
     rep.figure(plot_errorbars(agg, sft, ["chair_i", "object_recall", "pope_f1"]), "SFT dashed, seeds as dots")
     rep.table(rows)
+    curves = rollout_curves(out, result["methods"], result["seeds"][0])
+    if curves:
+        rep.heading(f"Rollouts (seed {result['seeds'][0]})")
+        rep.figure(plot_curves(curves, ["feedback score"]), "the feedback's mean score of each rollout batch (higher = fewer "
+                   "errors); the ensemble arm trains on its reward model and is scored by the feedback only for this plot")
     rep.heading("Paired difference vs the control")
     if len(diffs) > 1:
         rep.figure(plot_vs_control(cmp, result["seeds"]), "below zero: fewer hallucinations than the control")

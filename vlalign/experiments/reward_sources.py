@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -197,18 +197,7 @@ def human_rm_labeller(ctx: Ctx) -> Any:
     metrics = train_reward_model(rm_cfg, pairs)
     ctx.info["human_rm"] = {"train_pairs": len(pairs), "pairs_file": str(path), "steps": metrics.get("steps"),
                             "heldout_before": metrics.get("before"), "heldout_after": metrics.get("after")}  # fmt: skip
-    return NonEmptyAnswers(LearnedRewardOnly(str(ctx.out / "human_rm"), batch_size=32, device=device()))
-
-
-class NonEmptyAnswers:
-    """The record encoder refuses an empty target, and a sampled answer can be empty: such answers
-    are scored as a single space (what the model said: nothing) instead of failing the run."""
-
-    def __init__(self, source: Any) -> None:
-        self.source, self.name = source, getattr(source, "name", "source")
-
-    def score(self, samples: list[Any]) -> Any:
-        return self.source.score([s if s.response.strip() else replace(s, response=" ") for s in samples])
+    return LearnedRewardOnly(str(ctx.out / "human_rm"), batch_size=32, device=device())
 
 
 @LABELLERS.register("clip")

@@ -100,7 +100,7 @@ class LoadedScalarModel:
 
         records = [PromptRecord(f"sample_{i}", [_image_ref(im) for im in s.images], s.prompt, s.response,
                                 dict(s.meta)) for i, s in enumerate(samples)]  # fmt: skip
-        return self._score(self._dataset(self.view(records), "sft"), batch_size, 1)[:, 0]
+        return self._score(self._dataset(self.view(records), "score"), batch_size, 1)[:, 0]
 
     def score_samples(self, samples: list[Sample], batch_size: int = 8) -> torch.Tensor:
         """(N,) overall score of each (images, prompt, response) (:meth:`HeadSpec.overall`)."""
