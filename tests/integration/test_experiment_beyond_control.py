@@ -83,6 +83,8 @@ def test_alignment_freeze_and_the_ensemble_arm_config():
     assert cfg.policy(sft) == {"name_or_path": "/m", "freeze": ["vision_tower"]}  # align_freeze null = freeze
     free = BeyondControlConfig.from_recipe(overrides={"align_freeze": []})
     assert free.policy(sft)["freeze"] == [] and free.freeze == ["vision_tower"]  # the base's SFT keeps its tower fixed
+    slow = BeyondControlConfig.from_recipe(overrides=["align_freeze=[]", "align_lr_scale={vision_tower: 0.1}"])
+    assert slow.policy(sft) == {"name_or_path": "/m", "freeze": [], "lr_scale": {"vision_tower": 0.1}}
     assert label_budget(cfg, "grpo_ensemble") == cfg.pool.n_prompts * cfg.pool.samples_per_prompt
     assert ensemble_reward(cfg, Path("/rm")) == {"name": "learned", "kwargs": {"path": "/rm", "aggregate": "conservative",
                                                                                 "coef": 1.0, "batch_size": 32}}  # fmt: skip

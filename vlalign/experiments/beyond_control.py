@@ -119,6 +119,8 @@ class BeyondControlConfig(TinyRecipe):
     align_freeze: list[str] | None = Field(None, description="model parts fixed in the alignment stages (every method "
                                            "and the ensemble's reward model); None = ``freeze``. [] lets alignment "
                                            "update the vision tower too")  # fmt: skip
+    align_lr_scale: dict[str, float] = Field(default_factory=dict, description="parts trained at this multiple of each "
+                                             "alignment stage's learning rate (model.lr_scale), e.g. {vision_tower: 0.1}")  # fmt: skip
     sft: Stage = Field(..., description="the base's SFT stage (steps, batch, learning rate)")
     base_from: str | None = Field(..., description="reuse data and SFT model of an earlier run's folder (its base.json)")
     feedback: RewardSourceConfig = Field(..., description="the score-only source every method learns from")
@@ -141,7 +143,8 @@ class BeyondControlConfig(TinyRecipe):
     def policy(self, model_dir: Path) -> dict[str, Any]:
         """The model section of every alignment stage started from ``model_dir``."""
         frozen = self.freeze if self.align_freeze is None else self.align_freeze
-        return {"name_or_path": str(model_dir), "freeze": list(frozen)}
+        scaled = {"lr_scale": dict(self.align_lr_scale)} if self.align_lr_scale else {}
+        return {"name_or_path": str(model_dir), "freeze": list(frozen), **scaled}
 
     @model_validator(mode="after")
     def _same_budget(self) -> BeyondControlConfig:

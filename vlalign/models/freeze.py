@@ -28,9 +28,11 @@ def _get(obj: Any, path: str) -> Any | None:
 
 
 def find_part(model: Any, part: str) -> Any:
-    """The module that ``part`` names in ``model`` (searched on the model and its inner ``.model``)."""
+    """The module that ``part`` names in ``model`` (searched on the model and its inner ``.model``, and on the
+    ``.backbone`` of a reward / value head model)."""
     paths = MODEL_PARTS.get(part)
-    for root in (model, getattr(model, "model", None)):
+    backbone = getattr(model, "backbone", None)
+    for root in (model, getattr(model, "model", None), backbone, getattr(backbone, "model", None)):
         for path in paths:
             module = _get(root, path) if root is not None else None
             if module is not None and hasattr(module, "parameters"):
@@ -52,3 +54,20 @@ def freeze_parts(model: Any, parts: list[str]) -> int:
                 p.requires_grad_(False)
                 frozen += p.numel()
     return frozen
+
+
+def scaled_param_groups(model: Any, params: list[Any], base_lr: float, scales: dict[str, float]) -> list[dict[str, Any]]:
+    """``params`` (the trainable ones) as optimizer groups: first the rest at ``base_lr``, then one group per
+    part of ``scales`` at ``base_lr × scale`` (its ``part`` key names it). A part none of whose parameters
+    trains is an error: the scale would silently do nothing."""
+    by_id = {id(p): p for p in params}
+    groups, taken = [], set()
+    for part, scale in scales.items():
+        mine = [p for p in find_part(model, part).parameters() if id(p) in by_id and id(p) not in taken]
+        if not mine:
+            raise ValueError(f"model.lr_scale names {part!r}, but none of its parameters train (frozen by model.freeze, "
+                             f"or outside the LoRA adapter); remove {part!r} from model.lr_scale or from model.freeze")
+        taken |= {id(p) for p in mine}
+        groups.append({"params": mine, "lr": base_lr * scale, "part": part})
+    rest = [p for p in params if id(p) not in taken]
+    return ([{"params": rest, "lr": base_lr}] if rest else []) + groups

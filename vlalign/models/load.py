@@ -55,9 +55,15 @@ class ModelConfig(BaseConfig):
         description="parts kept fixed during training: vision_tower | projector | language_model (vlalign.models.freeze)",
     )
 
-    @field_validator("freeze")
+    lr_scale: dict[str, float] = Field(
+        default_factory=dict,
+        description="parts trained at this multiple of learning_rate, e.g. {vision_tower: 0.1}: a tower updated at the "
+        "language model's rate mostly loses what it learned (vlalign.models.freeze); a part also in freeze stays fixed",
+    )
+
+    @field_validator("freeze", "lr_scale")
     @classmethod
-    def _known_parts(cls, v: list[str]) -> list[str]:
+    def _known_parts(cls, v: Any) -> Any:
         from vlalign.models.freeze import MODEL_PARTS
 
         for part in v:
@@ -65,6 +71,8 @@ class ModelConfig(BaseConfig):
                 MODEL_PARTS.get(part)
             except KeyError as exc:  # pydantic reports ValueErrors with the field's location
                 raise ValueError(exc.args[0]) from None
+        if isinstance(v, dict) and any(not (x > 0) for x in v.values()):
+            raise ValueError(f"lr_scale factors must be > 0 (to keep a part fixed, list it in model.freeze); got {v}")
         return v
 
 

@@ -48,10 +48,11 @@ def _adamw(params: Any, cfg: Any) -> torch.optim.Optimizer:
     ~5x slower per step on the benchmark's 30M-parameter model (2 CPU threads). The fused kernel
     updates each parameter in place in one pass: same formula, different float rounding order.
     """
-    params = list(params)
+    params = list(params)  # tensors, or param groups (dicts) when parts train at their own rate
+    tensors = [t for g in params for t in g["params"]] if params and isinstance(params[0], dict) else params
     return torch.optim.AdamW(
         params, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
-        fused=fused_supported(params) or None,
+        fused=fused_supported(tensors) or None,
     )
 
 
@@ -91,10 +92,18 @@ def cosine_schedule(step: int, warmup: int, total: int) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
-    """Optimizer over the trainable parameters only (LoRA: just the adapter)."""
+    """Optimizer over the trainable parameters only (LoRA: just the adapter); the parts of ``model.lr_scale``
+    in their own groups at their multiple of the learning rate (the policy is ``model["model"]`` when extra
+    modules such as critics train beside it)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters (check model.freeze_* / lora settings)")
+    scales = getattr(getattr(cfg, "model", None), "lr_scale", None)
+    if scales:
+        from vlalign.models.freeze import scaled_param_groups
+
+        policy = model["model"] if isinstance(model, torch.nn.ModuleDict) and "model" in model else model
+        return OPTIMIZERS.get(cfg.optimizer)(scaled_param_groups(policy, params, cfg.learning_rate, scales), cfg)
     return OPTIMIZERS.get(cfg.optimizer)(params, cfg)
 
 
