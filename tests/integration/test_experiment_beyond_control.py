@@ -135,6 +135,7 @@ def test_minimal_run_measures_every_method_and_writes_the_report(tmp_path):
     assert updates["grpo_ensemble"] == 2 + 4
     ens = next(r for r in res["runs"] if r["method"] == "grpo_ensemble")["train"]
     assert ens["rm_pairs"] == pool["rm_pairs"] >= pool["pairs"] and ens["rm_steps"] == 2
+    assert 0.0 <= ens["rm_heldout_accuracy"] <= 1.0  # measured on the data's held-out caption pairs
     ens_dir = tmp_path / "runs" / "grpo_ensemble_seed0"
     assert json.loads((ens_dir / "reward_model" / "final" / "reward_model.json").read_text())["heads"] == 2
     logged = [json.loads(line) for line in (ens_dir / "metrics.jsonl").read_text().splitlines()]

@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from vlalign.config import BaseConfig
-from vlalign.evaluation.evaluate import EvalConfig
+from vlalign.evaluation.evaluate import EvalConfig, read_records
 from vlalign.evaluation.generate import GenerationConfig
 from vlalign.experiments.base import (
     Base,
@@ -48,6 +48,7 @@ from vlalign.experiments.base import (
     save_base,
     start_experiment,
     trainer_config,
+    with_absolute_images,
     write_jsonl,
 )
 from vlalign.experiments.beyond_pool import Pool, PoolConfig, build_pool
@@ -306,6 +307,14 @@ def ensemble_reward(cfg: BeyondControlConfig, rm_dir: Path) -> dict[str, Any]:
     return {"name": "learned", "kwargs": {"path": str(rm_dir), "aggregate": e.aggregate, "coef": e.coef, "batch_size": 32}}
 
 
+def caption_pairs_held_out(data_dir: Path, out: Path) -> Path | None:
+    """The data's held-out caption pairs (a right caption vs one naming absent objects), images absolute, as
+    ``out``: what the ensemble must tell apart, none of it in the pool; None when the data has none."""
+    path = data_dir / "preference_eval.jsonl"
+    rows = [r for r in read_records(path) if r.meta.get("task") == "caption"] if path.is_file() else []
+    return write_jsonl(with_absolute_images(rows, data_dir), out) if rows else None
+
+
 @BEYOND_METHODS.register("grpo_ensemble")
 def train_grpo_ensemble(setup: Setup, seed: int, out: Path) -> dict[str, Any]:
     """Ensemble-penalised GRPO: a reward model of ``ensemble.heads`` heads learns the pool's labels (every
@@ -317,13 +326,17 @@ def train_grpo_ensemble(setup: Setup, seed: int, out: Path) -> dict[str, Any]:
     cfg, e, g = setup.cfg, setup.cfg.ensemble, setup.cfg.grpo
     rm_dir = out / "reward_model"
     model = {**cfg.policy(setup.base.sft_model), "heads": e.heads}
+    held_out = caption_pairs_held_out(setup.base.data_dir, out / "rm_eval.jsonl")
+    rm_eval = {"data": str(held_out), "limit": cfg.eval_limit, "batch_size": 32} if held_out else {"data": None}
     rm_cfg = trainer_config("reward_model", rm_dir, seed, model, setup.pool.rm_pair_file, e, bootstrap=e.bootstrap,
-                            mixed_precision="no")  # fmt: skip
+                            mixed_precision="no", eval=rm_eval)  # fmt: skip
     rm = train_reward_model(rm_cfg, setup.pool.rm_pairs)
+    after = rm.get("after") or {}
     # gold: the feedback scores the rollouts too, logged only (gold/*), so a hacked ensemble shows in the curves
     rl = {**rl_values(setup, "grpo", g, out / "rl"), "reward": ensemble_reward(cfg, rm_dir), "gold": cfg.feedback.model_dump()}
     train_grpo(trainer_config("grpo", out, seed, cfg.policy(setup.base.sft_model), setup.prompts, g, **rl))
-    return {"updates": e.steps + g.steps, "rm_pairs": len(setup.pool.rm_pairs), "rm_steps": rm.get("steps")}
+    return {"updates": e.steps + g.steps, "rm_pairs": len(setup.pool.rm_pairs), "rm_steps": rm.get("steps"),
+            "rm_heldout_accuracy": after.get("accuracy"), "rm_heldout_disagreement": after.get("disagreement")}
 
 
 # ------------------------------------------------------------------------------------------ recipe
