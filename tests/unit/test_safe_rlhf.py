@@ -1,6 +1,6 @@
 """Safe-RLHF recipe pieces on hand-worked inputs: the helpfulness reward and harm cost of the Shapes
 safety split, the helpful-only SFT targets, the target rule, the per-method aggregate, the λ curve,
-the verdict text and the trainer configs each method gets."""
+the verdict text and the trainer configs each method gets (the fixed cost penalties included)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,16 @@ from vlalign.experiments.evaluator import Evaluation
 from vlalign.experiments.safe_rlhf import (
     SafeRLHFConfig,
     aggregate,
+    arms,
     comparisons,
+    cost_weight,
+    fixed_penalty_name,
     helpful_only_sft_rows,
     lambda_curve,
     rl_config,
+    run_name,
     target_met,
+    training_cost,
 )
 from vlalign.experiments.safe_rlhf_report import verdict_lines
 from vlalign.rewards import Sample, build_source
@@ -174,11 +179,94 @@ def test_methods_share_the_budget_and_differ_only_by_the_cost(tmp_path):
     assert safe.cost.name == "shapes_harm" and not hasattr(ctl, "cost")
     assert (safe.cost_limit, safe.lambda_lr, safe.lambda_max) == (cfg.lagrange.cost_limit, cfg.lagrange.lambda_lr, cfg.lagrange.lambda_max)
     assert ctl.gold.name == "shapes_harm"  # the control's harm is measured on its rollouts too
-    pen = rl_config("ppo_fixed_penalty", cfg, base, 1, tmp_path / "c")
-    assert pen.reward.name == "composite" and [p["weight"] for p in pen.reward.kwargs["parts"]] == [1.0, -cfg.lagrange.lambda_init]
     assert Path(safe.output_dir).name == "a"
 
 
 def test_unknown_method_fails_at_load_with_a_suggestion():
     with pytest.raises(ValueError, match="safe_ppo"):
         SafeRLHFConfig.from_recipe(overrides={"methods": ["safe_pp"]})
+
+
+# ------------------------------------------------------------------------------------------ fixed penalties
+
+
+def test_fixed_penalty_arms_hand_checked(tmp_path):
+    cfg = SafeRLHFConfig.from_recipe()  # methods [safe_ppo, ppo, ppo_fixed_penalty], fixed_penalties [1, 2, 5]
+    assert list(arms(cfg)) == ["safe_ppo", "ppo", "ppo_fixed_penalty_1", "ppo_fixed_penalty_2", "ppo_fixed_penalty_5"]
+    assert (fixed_penalty_name(0.5), fixed_penalty_name(2.0), fixed_penalty_name(10)) == (
+        "ppo_fixed_penalty_0.5", "ppo_fixed_penalty_2", "ppo_fixed_penalty_10")
+    base = Base(tmp_path / "data", tmp_path / "sft", tmp_path / "p.jsonl")
+    safe = rl_config("safe_ppo", cfg, base, 1, tmp_path / "a")
+    pen = rl_config("ppo_fixed_penalty_2", cfg, base, 1, tmp_path / "b")
+    # the Safe-PPO trainer with λ replaced by the constant 2: reward − 2·cost, no λ learned
+    assert type(pen) is type(safe) and (pen.cost_penalty, pen.cost_coef) == ("fixed", 2.0)
+    assert safe.cost_penalty == "lagrangian" and pen.cost.name == safe.cost.name == "shapes_harm"
+    assert pen.reward == safe.reward and pen.reward.name == "shapes_helpful" and pen.gold.name == "shapes_harm"
+    assert pen.cost_limit == cfg.lagrange.cost_limit == 0.02  # only logged as the violation
+    shared = ("per_device_batch_size", "max_steps", "learning_rate", "kl_coef", "critic", "critic_learning_rate", "lam", "seed")
+    assert all(getattr(pen, k) == getattr(safe, k) for k in shared) and pen.rollout == safe.rollout
+    assert [rl_config(n, cfg, base, 0, tmp_path / n).cost_coef for n in ("ppo_fixed_penalty_1", "ppo_fixed_penalty_5")] == [1.0, 5.0]
+    assert [cost_weight(n, cfg) for n in arms(cfg)] == [None, None, 1.0, 2.0, 5.0]
+    # every run of every seed its own folder
+    folders = [run_name(n, s) for s in (0, 1, 2) for n in arms(cfg)]
+    assert len(set(folders)) == 15 and "ppo_fixed_penalty_2_seed1" in folders
+    with pytest.raises(KeyError, match="no run named 'ppo_fixed_penalty'.*ppo_fixed_penalty_1, ppo_fixed_penalty_2"):
+        rl_config("ppo_fixed_penalty", cfg, base, 0, tmp_path / "c")  # the method, not one of its runs
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"fixed_penalties": [2.0, 0.0]}, r"fixed_penalties \[0.0\]: each coefficient c .* finite number > 0"),
+    ({"fixed_penalties": [-1.0]}, r"fixed_penalties \[-1.0\]"),
+    ({"fixed_penalties": [float("nan")]}, r"finite number > 0"),
+    ({"fixed_penalties": [2, 2.0, 5]}, r"run names \['ppo_fixed_penalty_2'\] more than once"),
+    ({"fixed_penalties": []}, r"methods has ppo_fixed_penalty but fixed_penalties is empty"),
+    ({"methods": ["safe_ppo", "ppo", "safe_ppo"]}, r"methods \['safe_ppo'\] are listed more than once"),
+    ({"methods": ["ppo_fixed_penalty_2"]}, r"unknown safe-rlhf method 'ppo_fixed_penalty_2'.*ppo_fixed_penalty"),
+])  # fmt: skip
+def test_fixed_penalty_config_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        SafeRLHFConfig.from_recipe(overrides=overrides)
+
+
+def test_no_fixed_penalty_needs_no_coefficient():
+    cfg = SafeRLHFConfig.from_recipe(overrides={"methods": ["safe_ppo", "ppo"], "fixed_penalties": []})
+    assert list(arms(cfg)) == ["safe_ppo", "ppo"]
+
+
+def test_fixed_penalty_verdicts_hand_worked():
+    cfg = SafeRLHFConfig.from_recipe()
+    sft = {"harmful_compliance_rate": 1.0, "benign_refusal_rate": 0.0, "benign_exact_rate": 0.6}
+    runs = [_run("safe_ppo", 0, 0.0, 0.0, lam=5.0), _run("ppo", 0, 1.0, 0.0),
+            {**_run("ppo_fixed_penalty_1", 0, 0.5, 0.0), "cost_coef": 1.0}, {**_run("ppo_fixed_penalty_5", 0, 0.0, 0.0), "cost_coef": 5.0}]
+    names = ["safe_ppo", "ppo", "ppo_fixed_penalty_1", "ppo_fixed_penalty_5"]
+    evs = {("safe_ppo", 0): _evaluation(0), ("ppo", 0): _evaluation(50), ("ppo_fixed_penalty_1", 0): _evaluation(25),
+           ("ppo_fixed_penalty_5", 0): _evaluation(0)}  # fmt: skip
+    agg = aggregate(runs, cfg)
+    assert (agg["ppo_fixed_penalty_1"]["cost_coef"], agg["safe_ppo"]["cost_coef"], agg["ppo"]["cost_coef"]) == (1.0, None, None)
+    cmp = comparisons(evs, _evaluation(50), names, [0])
+    assert set(cmp["safe_ppo"]) == {"vs_sft", "vs_control"} and set(cmp["ppo"]) == {"vs_sft"}
+    assert set(cmp["ppo_fixed_penalty_1"]) == {"vs_sft", "vs_control", "vs_safe_ppo"}
+    # c = 1 complies with 25 of 50 harmful prompts, safe_ppo with none: every resample has safe_ppo lower
+    one = cmp["ppo_fixed_penalty_1"]["vs_safe_ppo"]["harmful_compliance_rate"]
+    assert one["claim"] == "a_better" and one["a"] == "safe_ppo" and one["per_seed"][0]["value"] == pytest.approx(0.5)
+    assert cmp["ppo_fixed_penalty_5"]["vs_safe_ppo"]["harmful_compliance_rate"]["claim"] == "no_difference"  # identical answers
+    assert cmp["ppo_fixed_penalty_1"]["vs_control"]["harmful_compliance_rate"]["claim"] == "b_better"  # 25 vs 50 complied
+    text = "\n".join(verdict_lines({"sft": sft, "aggregate": agg, "comparisons": cmp}, cfg))
+    assert "ppo_fixed_penalty_1 (1 seeds" in text and "fixed cost coefficient c = 1;" in text
+    assert "ppo_fixed_penalty_1 vs safe_ppo on harmful_compliance_rate: safe_ppo beats ppo_fixed_penalty_1" in text
+    assert ("Fixed cost penalty vs the learned λ: the target held on every seed at c = 5 and not at c = 1; safe_ppo "
+            "(λ from 1, learned against mean cost ≤ 0.02, capped at 5.0, final λ 5.00) met it in 1/1 seeds.") in text
+
+
+def test_training_cost_hand_worked():
+    rows = [{"step": i, "gold/mean": v} for i, v in enumerate([0.5, 0.3, 0.1, 0.1], 1)] + [{"step": 5, "loss": 0.0}]
+    got = training_cost(rows, last=2)
+    assert got["all"] == pytest.approx(0.25) and got["last"] == pytest.approx(0.1)  # (0.5+0.3+0.1+0.1)/4, (0.1+0.1)/2
+    assert training_cost([{"step": 1, "loss": 0.0}]) == {}
+    runs = [{**_run("safe_ppo", 0, 0.0, 0.0, lam=5.0), "train_cost": {"all": 0.2, "last": 0.1}},
+            {**_run("safe_ppo", 1, 0.0, 0.0, lam=5.0), "train_cost": {"all": 0.3, "last": 0.0}}]
+    agg = aggregate(runs, SafeRLHFConfig.from_recipe())["safe_ppo"]
+    assert agg["spread"]["train_cost_all"]["mean"] == pytest.approx(0.25) and agg["spread"]["train_cost_last"]["per_seed"] == [0.1, 0.0]
+    text = "\n".join(verdict_lines({"sft": {"benign_exact_rate": 0.6}, "aggregate": {"safe_ppo": agg}}, SafeRLHFConfig.from_recipe()))
+    # std of (0.2, 0.3) and of (0.1, 0.0): 0.1/√2 ≈ 0.071
+    assert "rollout cost while training 0.250 ± 0.071 (0.200 / 0.300) (last 10 rollouts 0.050 ± 0.071 (0.100 / 0.000))" in text

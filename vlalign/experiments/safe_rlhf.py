@@ -8,9 +8,13 @@ Recipe (:func:`run_safe_rlhf`), top to bottom:
 2. a tiny LLaVA SFT'd into a *helpful-only* model (:func:`helpful_only_sft_rows`): on harmful
    training prompts its target is the unsafe placeholder for ``comply_share`` of them (the rest: the
    refusal), on benign prompts the helpful answer → it complies with harmful requests;
-3. from that SFT model, for each seed and method (:data:`RL_METHODS`):
+3. from that SFT model, for each seed and method (:data:`RL_METHODS`; a method is one or more runs,
+   its *arms*, see :func:`arms`):
    ``safe_ppo`` — PPO-Lagrangian with the helpfulness reward and the harm cost;
    ``ppo`` — the control: the same PPO, budget and reward, no cost (its cost is only watched);
+   ``ppo_fixed_penalty`` — one arm per coefficient c in ``fixed_penalties`` (``ppo_fixed_penalty_2``
+   for c = 2): the Safe-PPO trainer with λ replaced by the constant c (reward − c·cost), to ask whether
+   the learned λ buys anything over a well-chosen constant;
 4. greedy answers on the held-out safety prompts (``safety_prompts_eval.jsonl``, eval scenes):
    harmful-compliance rate, benign-refusal rate, benign exact-answer rate, mean reward and cost;
    reward / cost / λ curves from the runs' logs → ``metrics.json`` + ``report.html``.
@@ -26,13 +30,14 @@ enforced by λ, makes the policy refuse — and only where the cost is paid.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from vlalign.config import BaseConfig
 from vlalign.data.records import PromptRecord
@@ -96,6 +101,7 @@ class SafeRLHFConfig(TinyRecipe):
     cost: dict[str, Any] = Field(..., description="cost source (> 0 = unsafe)")
     lagrange: Lagrange
     methods: list[str] = Field(..., description="names in RL_METHODS: safe_ppo, ppo (the control), ppo_fixed_penalty")
+    fixed_penalties: list[float] = Field(..., description="ppo_fixed_penalty: one run per coefficient c > 0 of reward − c·cost")
     eval_limit: int | None = Field(..., ge=1, description="rows of safety_prompts_eval.jsonl (null = all)")
     generation: GenerationConfig
     target_harmful_compliance: float = Field(..., ge=0, le=1, description="success: below this")
@@ -105,11 +111,31 @@ class SafeRLHFConfig(TinyRecipe):
     @classmethod
     def _known_methods(cls, v: list[str]) -> list[str]:
         for m in v:
-            try:
-                RL_METHODS.get(m)  # unknown name → did-you-mean error at load time
-            except KeyError as exc:
-                raise ValueError(str(exc).strip('"')) from None
+            RL_METHODS.known(m)  # unknown name → did-you-mean error at load time
+        twice = sorted({m for m in v if v.count(m) > 1})
+        if twice:
+            raise ValueError(f"methods {twice} are listed more than once; each method runs once per seed")
         return v
+
+    @field_validator("fixed_penalties")
+    @classmethod
+    def _penalties(cls, v: list[float]) -> list[float]:
+        bad = [c for c in v if not (math.isfinite(c) and c > 0)]
+        if bad:
+            raise ValueError(f"fixed_penalties {bad}: each coefficient c of reward − c·cost must be a finite number > 0 "
+                             "(c = 0 is the control, ppo)")  # fmt: skip
+        names = [fixed_penalty_name(c) for c in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"fixed_penalties {v} give the run names {twice} more than once; list each coefficient once")
+        return v
+
+    @model_validator(mode="after")
+    def _penalties_for_the_method(self) -> SafeRLHFConfig:
+        if "ppo_fixed_penalty" in self.methods and not self.fixed_penalties:
+            raise ValueError("methods has ppo_fixed_penalty but fixed_penalties is empty: give at least one coefficient, "
+                             "e.g. fixed_penalties=[2.0]")  # fmt: skip
+        return self
 
     @field_validator("rl")
     @classmethod
@@ -175,44 +201,79 @@ def prepare_base(cfg: SafeRLHFConfig, out: Path, clock: StageClock) -> Base:
 
 # ------------------------------------------------------------------------------------------ methods
 
-# method name -> (RL algorithm, extra trainer-config keys) for a config; a method is one function.
-RL_METHODS: Registry[Callable[[SafeRLHFConfig], tuple[str, dict[str, Any]]]] = Registry("safe-rlhf method")
+# One run's recipe: (RL algorithm, extra trainer-config keys).
+Arm = tuple[str, dict[str, Any]]
+# method name -> its arms for a config ({run name: Arm}); a method is one function, most have one arm.
+RL_METHODS: Registry[Callable[[SafeRLHFConfig], dict[str, Arm]]] = Registry("safe-rlhf method")
 
 
 @RL_METHODS.register("safe_ppo")
-def _safe_ppo(cfg: SafeRLHFConfig) -> tuple[str, dict[str, Any]]:
+def _safe_ppo(cfg: SafeRLHFConfig) -> dict[str, Arm]:
     """PPO-Lagrangian: reward and cost, λ learned against ``lagrange.cost_limit``."""
-    return "safe_ppo", {"cost": cfg.cost, **cfg.lagrange.model_dump()}
+    return {"safe_ppo": ("safe_ppo", {"cost": cfg.cost, **cfg.lagrange.model_dump()})}
 
 
 @RL_METHODS.register("ppo")
-def _ppo_control(cfg: SafeRLHFConfig) -> tuple[str, dict[str, Any]]:
+def _ppo_control(cfg: SafeRLHFConfig) -> dict[str, Arm]:
     """The control: the same PPO on the reward alone (= Safe-PPO with λ fixed at 0)."""
-    return "ppo", {}
+    return {"ppo": ("ppo", {})}
+
+
+def fixed_penalty_name(coef: float) -> str:
+    """The run name of the fixed penalty c: ``ppo_fixed_penalty_2`` for 2.0, ``ppo_fixed_penalty_0.5``."""
+    return f"ppo_fixed_penalty_{coef:g}"
 
 
 @RL_METHODS.register("ppo_fixed_penalty")
-def _ppo_fixed_penalty(cfg: SafeRLHFConfig) -> tuple[str, dict[str, Any]]:
-    """Hand-tuned reward shaping instead of a learned λ: reward − λ_init·cost (λ never moves)."""
-    lam = cfg.lagrange.lambda_init
-    parts = [{**cfg.reward, "label": "reward", "weight": 1.0}, {**cfg.cost, "label": "cost", "weight": -lam}]
-    return "ppo", {"reward": {"name": "composite", "kwargs": {"parts": parts}}}
+def _ppo_fixed_penalty(cfg: SafeRLHFConfig) -> dict[str, Arm]:
+    """Hand-set reward shaping instead of a learned λ: one run per c in ``fixed_penalties``, the Safe-PPO
+    trainer with ``cost_penalty: fixed`` (A = A_r − c·A_c, λ never moves). WHY that trainer and not PPO on
+    a composite reward r − c·cost: the same two critics, cost scoring and logging as ``safe_ppo``, so the
+    runs differ only in whether the cost's weight adapts. ``cost_limit`` is kept for the logged violation."""
+    fixed = {"cost": cfg.cost, "cost_limit": cfg.lagrange.cost_limit, "cost_penalty": "fixed"}
+    return {fixed_penalty_name(c): ("safe_ppo", {**fixed, "cost_coef": c}) for c in cfg.fixed_penalties}
 
 
-def rl_config(method: str, cfg: SafeRLHFConfig, base: Base, seed: int, out: Path) -> Any:
-    """The trainer config of one run: every method gets the same budget, prompts and reward; the
-    cost is scored as ``gold`` on every run, so the control's cost curve is measured too."""
-    algorithm, extra = RL_METHODS.get(method)(cfg)
+def arms(cfg: SafeRLHFConfig) -> dict[str, Arm]:
+    """Every run of one seed, in ``methods`` order: {run name: (algorithm, extra keys)}."""
+    out: dict[str, Arm] = {}
+    for method in cfg.methods:
+        for name, arm in RL_METHODS.get(method)(cfg).items():
+            if name in out:
+                raise ValueError(f"safe-rlhf: two methods both make a run named {name!r}")
+            out[name] = arm
+    return out
+
+
+def rl_config(arm: str, cfg: SafeRLHFConfig, base: Base, seed: int, out: Path) -> Any:
+    """The trainer config of one run (``arm``: a name from :func:`arms`): every method gets the same budget,
+    prompts and reward; the cost is scored as ``gold`` on every run, so the control's cost curve is
+    measured too."""
+    every = arms(cfg)
+    if arm not in every:
+        raise KeyError(f"safe-rlhf: no run named {arm!r} in this config; its runs: {', '.join(every)}")
+    algorithm, extra = every[arm]
     values = {"mixed_precision": "no", "reward": cfg.reward, "gold": cfg.cost, "kl_coef": cfg.rl.kl_coef, **cfg.rl.extra, **extra}
     return trainer_config(algorithm, out, seed, {"name_or_path": str(base.sft_model)}, base.prompt_file, cfg.rl, **values)
 
 
+def cost_weight(arm: str, cfg: SafeRLHFConfig) -> float | None:
+    """The constant cost coefficient of a fixed-penalty run (None for a learned λ or no cost)."""
+    extra = arms(cfg)[arm][1]
+    return float(extra["cost_coef"]) if extra.get("cost_penalty") == "fixed" else None
+
+
+def run_name(arm: str, seed: int) -> str:
+    """The folder of one run under ``runs/`` and ``eval/``: ``ppo_fixed_penalty_2_seed1``."""
+    return f"{arm}_seed{seed}"
+
+
 def train_run(method: str, cfg: SafeRLHFConfig, base: Base, seed: int, out: Path) -> dict[str, Any]:
-    """Train one run (a finished run is not redone, see :func:`~vlalign.experiments.base.run_once`)."""
+    """Train one run, ``method`` a name from :func:`arms` (a finished run is not redone, see :func:`~vlalign.experiments.base.run_once`)."""
 
     def train() -> dict[str, Any]:
         t0 = time.perf_counter()
-        res = run_rl(rl_config(method, cfg, base, seed, out), RL_METHODS.get(method)(cfg)[0])
+        res = run_rl(rl_config(method, cfg, base, seed, out), arms(cfg)[method][0])
         return {"seconds": round(time.perf_counter() - t0, 1), "stop_reason": res.get("stop_reason"),
                 "alerts": len(res.get("alerts", []))}  # fmt: skip
 
@@ -266,7 +327,8 @@ def target_met(m: dict[str, float], cfg: SafeRLHFConfig) -> bool:
 
 def aggregate(runs: list[dict[str, Any]], cfg: SafeRLHFConfig) -> dict[str, dict[str, Any]]:
     """Per method: mean, sample std and each seed's value of every KEY (``spread``; ``key`` and ``key_std``
-    for the tables), and in how many seeds the target held."""
+    for the tables) and of the rollout cost during training (``spread["train_cost_all"]``,
+    ``["train_cost_last"]``), and in how many seeds the target held."""
     out: dict[str, dict[str, Any]] = {}
     for method in dict.fromkeys(r["method"] for r in runs):
         rows = [r for r in runs if r["method"] == method]
@@ -274,24 +336,40 @@ def aggregate(runs: list[dict[str, Any]], cfg: SafeRLHFConfig) -> dict[str, dict
         for k in KEYS:
             agg["spread"][k] = {**seed_spread([float(r["metrics"][k]) for r in rows]), "seeds": [r["seed"] for r in rows]}
             agg[k], agg[f"{k}_std"] = agg["spread"][k]["mean"], agg["spread"][k]["std"]
+        if all(r.get("train_cost") for r in rows):  # rollout cost during training (all / last rollouts)
+            for k in ("all", "last"):
+                agg["spread"][f"train_cost_{k}"] = {**seed_spread([r["train_cost"][k] for r in rows]), "seeds": [r["seed"] for r in rows]}
         lams = [r["lambda"][-1][1] for r in rows if r["lambda"]]
         agg["final_lambda"] = seed_spread(lams)["mean"] if lams else None
+        agg["cost_coef"] = rows[0].get("cost_coef")  # the fixed penalty's c (None: λ learned, or no cost)
         agg["seconds"] = seed_spread([float(r["train"]["seconds"]) for r in rows])["mean"]
         out[method] = agg
     return out
 
 
 def comparisons(evs: dict[tuple[str, int], Evaluation], sft: Evaluation, methods: list[str], seeds: list[int]) -> dict[str, Any]:
-    """Per method vs the SFT start, and Safe-PPO vs the reward-only control, on every seed, each a paired
-    bootstrap over the same held-out prompts."""
+    """Every run (``methods``: run names) vs the SFT start; every run with a cost vs the reward-only control
+    (``vs_control``); every other constrained run (the fixed penalties) vs Safe-PPO (``vs_safe_ppo``) —
+    each a paired bootstrap over the same held-out prompts on every seed."""
     out: dict[str, Any] = {}
     for m in methods:
         runs = [evs[m, s] for s in seeds]
         out[m] = {"vs_sft": {k: compare([sft] * len(seeds), runs, k, "SFT", m, seeds) for k in COMPARED}}
-    if "safe_ppo" in methods and "ppo" in methods:
-        ctl, safe = [evs["ppo", s] for s in seeds], [evs["safe_ppo", s] for s in seeds]
-        out["safe_ppo"]["vs_control"] = {k: compare(ctl, safe, k, "the control (ppo)", "safe_ppo", seeds) for k in COMPARED}
+        if m != "ppo" and "ppo" in methods:
+            ctl = [evs["ppo", s] for s in seeds]
+            out[m]["vs_control"] = {k: compare(ctl, runs, k, "the control (ppo)", m, seeds) for k in COMPARED}
+        if m not in ("ppo", "safe_ppo") and "safe_ppo" in methods:
+            safe = [evs["safe_ppo", s] for s in seeds]
+            out[m]["vs_safe_ppo"] = {k: compare(safe, runs, k, "safe_ppo", m, seeds) for k in COMPARED}
     return out
+
+
+def training_cost(rows: list[dict[str, Any]], last: int = 10) -> dict[str, float]:
+    """Mean rollout cost per sampled answer (``gold/mean``, scored on every run) over all rollouts — the harm
+    done while learning, the sample-efficiency side of the comparison — and over the ``last`` rollouts
+    (``all``, ``last``); empty when the log has no cost."""
+    g = [float(r["gold/mean"]) for r in rows if "gold/mean" in r]
+    return {"all": sum(g) / len(g), "last": sum(g[-last:]) / len(g[-last:])} if g else {}
 
 
 def lambda_curve(rows: list[dict[str, Any]]) -> list[list[float]]:
@@ -317,22 +395,24 @@ def run_safe_rlhf(cfg: SafeRLHFConfig, out_dir: str | Path, log: Any = print) ->
     log(f"[safe-rlhf] SFT: harmful compliance {sft.metrics['harmful_compliance_rate']:.3f}, benign refusal "
         f"{sft.metrics['benign_refusal_rate']:.3f}")  # fmt: skip
     runs, evs = [], {}
+    names = list(arms(cfg))
     for seed in cfg.seeds:
-        for method in cfg.methods:
-            name = f"{method}_seed{seed}"
+        for method in names:
+            name = run_name(method, seed)
             t0 = time.perf_counter()
             train = train_run(method, cfg, base, seed, out / "runs" / name)
             ev = evs[method, seed] = safety_eval(out / "runs" / name / "final", cfg, base, out / "eval" / name)
             clock(name, t0)
             rows = read_metrics_jsonl(out / "runs" / name / "metrics.jsonl")
             runs.append({"method": method, "seed": seed, "dir": str(out / "runs" / name), "metrics": ev.metrics,
-                         "intervals": ev.intervals, "train": train, "lambda": lambda_curve(rows),
+                         "intervals": ev.intervals, "train": train, "lambda": lambda_curve(rows), "cost_coef": cost_weight(method, cfg),
+                         "train_cost": training_cost(rows),
                          "target_met": target_met(ev.metrics, cfg)})  # fmt: skip
             log(f"[safe-rlhf] {name}: harmful compliance {ev.metrics['harmful_compliance_rate']:.3f}, "
                 f"benign refusal {ev.metrics['benign_refusal_rate']:.3f}, reward {ev.metrics['eval_reward']:.3f}")  # fmt: skip
     clock.timing["total"] = round(time.perf_counter() - t_all, 1)
     result = {"sft": sft.metrics, "sft_intervals": sft.intervals, "runs": runs, "aggregate": aggregate(runs, cfg),
-              "comparisons": comparisons(evs, sft, cfg.methods, cfg.seeds), "base": base.info, "timing_s": clock.timing,
+              "comparisons": comparisons(evs, sft, names, cfg.seeds), "base": base.info, "timing_s": clock.timing,
               "targets": {"harmful_compliance_below": cfg.target_harmful_compliance,
                           "benign_refusal_below": cfg.target_benign_refusal},
               "machine": machine_info(), "machine_line": machine_line()}  # fmt: skip

@@ -20,7 +20,8 @@ moves the same way on any process count. :func:`train_safe_ppo` shows the loop.
 ``cost_coef``: no λ, no cost limit in the update (d is still logged as the violation), A = A_r − c·A_c
 (:func:`vlalign.objectives.fixed_penalty_advantages`) with the KL penalty on the reward side only.
 Seed 000's open question — does the adaptive λ buy anything over a well-chosen constant? — is then
-one config key apart.
+one config key apart; `vlalign experiment safe-rlhf` runs both (``ppo_fixed_penalty``, results in
+docs/experiments.md).
 """
 
 from __future__ import annotations
