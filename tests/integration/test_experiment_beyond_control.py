@@ -16,6 +16,7 @@ from vlalign.experiments.beyond_report import (
     TargetRule,
     best_method,
     checks_passed,
+    perception_ceiling,
     rollout_curves,
     seed_checks,
 )
@@ -39,6 +40,16 @@ def test_seed_checks_hand_worked():
     assert not seed_checks(0.05, 0.70, 0.004, 0.30, 0.80, rule)["recall_ok"]  # 0.875 × SFT's recall
     lower = seed_checks(0.05, 0.78, -0.001, 0.30, 0.80, rule)  # POPE F1's paired CI lies below zero
     assert not lower["pope_ok"] and not lower["met"]
+
+
+def test_perception_ceiling_hand_worked():
+    # 100 mentions, 30 hallucinated (CHAIR_i 0.3), 20% of them backed by the model's own perception: 6 stay and
+    # 24 go, so 6 of 76 mentions remain hallucinated: CHAIR_i 0.0789, a 73.7% cut
+    left, cut = perception_ceiling(0.3, 0.2)
+    assert left == pytest.approx(6 / 76) and cut == pytest.approx(1 - (6 / 76) / 0.3)
+    assert perception_ceiling(0.3, 1.0) == pytest.approx((0.3, 0.0))  # all perception errors: nothing to cut
+    assert perception_ceiling(0.3, 0.0) == pytest.approx((0.0, 1.0))
+    assert all(math.isnan(x) for x in perception_ceiling(0.3, float("nan")))
 
 
 def _checks(*flags):

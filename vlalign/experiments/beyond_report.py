@@ -83,6 +83,17 @@ def seed_checks(chair: float, recall: float, pope_high: float, sft_chair: float,
     return out
 
 
+def perception_ceiling(chair_i: float, share: float) -> tuple[float, float]:
+    """(CHAIR_i, cut vs ``chair_i``) if every hallucinated mention the model's own perception backs (``share`` of
+    them) stayed and every other one were dropped, the right mentions kept: with H hallucinated of M mentions
+    (``chair_i`` = H/M), s·H of M − (1 − s)·H, i.e. s·c / (1 − (1 − s)·c). An estimate of the most that feedback on
+    what the model *says* can cut without changing what it sees, not a bound: training also moves the probe."""
+    if math.isnan(chair_i) or math.isnan(share) or not 0 < chair_i < 1:
+        return float("nan"), float("nan")
+    left = share * chair_i / (1 - (1 - share) * chair_i)
+    return left, 1 - left / chair_i
+
+
 def checks_passed(per_seed: Sequence[Mapping[str, Any]]) -> int:
     """Single checks (cut, recall, POPE F1) passed over all seeds: how close a method that misses the target came."""
     return sum(int(c["cut_ok"]) + int(c["recall_ok"]) + int(c["pope_ok"]) for c in per_seed)
@@ -166,6 +177,10 @@ def verdict_lines(result: Mapping[str, Any]) -> list[str]:
                 "fails to see.")  # fmt: skip
     if not met:
         lines.append(f"Why the target is missed, evidence: {evidence}")
+        left, cut = perception_ceiling(float(sft.get("chair_i", float("nan"))), float(sft.get("perception_share", float("nan"))))
+        if not math.isnan(cut):
+            lines.append(f"Perception ceiling (estimate): if SFT kept only the hallucinations its own probe backs and dropped "
+                         f"the rest, its CHAIR_i would be {left:.3f}, a {_pct(cut)} cut (target {_pct(tg['chair_cut'])}).")  # fmt: skip
     beat = [m for m, v in ver.items() if v["beats_control"]]
     if beat:
         lines.append(f"BEATS THE CONTROL (paired CI of CHAIR_i excluding zero on every seed): {', '.join(x.upper() for x in beat)}.")
