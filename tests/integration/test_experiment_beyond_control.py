@@ -19,6 +19,7 @@ from vlalign.experiments.beyond_report import (
     perception_ceiling,
     rollout_curves,
     seed_checks,
+    wall_text,
 )
 
 # ------------------------------------------------------------------------------------------ maths
@@ -50,6 +51,12 @@ def test_perception_ceiling_hand_worked():
     assert perception_ceiling(0.3, 1.0) == pytest.approx((0.3, 0.0))  # all perception errors: nothing to cut
     assert perception_ceiling(0.3, 0.0) == pytest.approx((0.0, 1.0))
     assert all(math.isnan(x) for x in perception_ceiling(0.3, float("nan")))
+
+
+def test_wall_text_says_when_runs_were_reused():
+    assert wall_text({"total": 12.5, "runs_train_s": 900.0, "runs_reused": 0, "runs": 9}) == "Wall: 12.5 s."
+    assert wall_text({"total": 10.0, "runs_train_s": 900.0, "runs_reused": 9, "runs": 9}) == (
+        "Wall: 10.0 s for this invocation, which reused 9 of its 9 runs from an earlier one (training time of all runs: 900.0 s).")
 
 
 def _checks(*flags):

@@ -402,7 +402,10 @@ def run_beyond_control(cfg: BeyondControlConfig, out_dir: str | Path, log: Any =
             log(f"[beyond-control] {method} seed {seed}: CHAIR_i {ev.metrics['chair_i']:.3f}, recall "
                 f"{ev.metrics['object_recall']:.3f}, POPE F1 {ev.metrics.get('pope_f1', float('nan')):.3f} ({info['seconds']:.0f} s)")  # fmt: skip
     result = summarise(cfg, sft, evs, runs, setup.pool.info, base.info)
-    result["timing_s"] = {"total": round(time.perf_counter() - t_all, 1)}
+    # a resumed invocation's wall time covers only what it redid: say how many runs came from an earlier one
+    result["timing_s"] = {"total": round(time.perf_counter() - t_all, 1),
+                          "runs_train_s": round(sum(r["train"].get("seconds", 0.0) for r in runs), 1),
+                          "runs_reused": sum(bool(r["train"].get("reused")) for r in runs), "runs": len(runs)}  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     write_reports(out, result)
     return result

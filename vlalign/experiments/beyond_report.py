@@ -240,6 +240,15 @@ def examples(out: Path, methods: Sequence[str], seed: int, n: int = 3) -> list[l
     return table
 
 
+def wall_text(timing: Mapping[str, Any]) -> str:
+    """The invocation's wall time, and when runs were reused from an earlier invocation, how many."""
+    text = f"Wall: {timing.get('total', '–')} s"
+    if timing.get("runs_reused"):
+        text += (f" for this invocation, which reused {timing['runs_reused']} of its {timing['runs']} runs from an earlier one "
+                 f"(training time of all runs: {timing['runs_train_s']} s)")  # fmt: skip
+    return text + "."
+
+
 def write_reports(out: Path, result: Mapping[str, Any]) -> None:
     """``report.md`` and ``report.html``: verdicts, per-method table with CIs and spreads, the paired
     differences vs the control per seed, every run, examples."""
@@ -259,7 +268,7 @@ def write_reports(out: Path, result: Mapping[str, Any]) -> None:
                       fmt_value(tr.get("labels")), fmt_value(tr.get("updates")), fmt_value(tr.get("seconds"))])  # fmt: skip
     ex = examples(out, result["methods"], result["seeds"][0])
     note = (f"Means ± sample std over seeds (each seed in brackets); SFT with its 95% CI over items. Machine: "
-            f"{result['machine_line']}. Wall: {result.get('timing_s', {}).get('total', '–')} s.")  # fmt: skip
+            f"{result['machine_line']}. {wall_text(result.get('timing_s', {}))}")  # fmt: skip
     md = ["# Beyond the control: score-only feedback on Shapes", "", *[f"- {x}" for x in result["summary"]], "", note, "",
           "## Per method", "", markdown_table(rows), "", "## Paired difference vs the control (method − control, 95% CI)", "",
           markdown_table(diffs), "", "## Every run", "", markdown_table(every), "", f"## Examples (seed {result['seeds'][0]})", "",
