@@ -135,6 +135,30 @@ def test_parquet_shards_with_different_schemas_name_the_file(tmp_path):
     assert "b.parquet: <file>" in err.line()
 
 
+def test_parquet_rows_are_read_in_batches_of_bounded_bytes(tmp_path):
+    """A streaming shuffle reads several files at once, each holding one read batch: the batch is sized by
+    bytes (from the footer), so a file of large rows holds few rows at a time and every row still comes out
+    once, in order, with its row number."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vlalign.data.rows import READ_BATCH_MAX_ROWS, parquet_rows, read_batch_rows
+
+    blobs = [bytes([i]) * 10_000 for i in range(100)]  # 10,000 bytes per row
+    pq.write_table(pa.table({"id": list(range(100)), "image": blobs}), tmp_path / "big.parquet", use_dictionary=False)
+    pq.write_table(pa.table({"id": list(range(100)), "text": ["x"] * 100}), tmp_path / "small.parquet")
+    pq.write_table(pa.table({"id": pa.array([], pa.int64())}), tmp_path / "empty.parquet")
+    meta = {name: pq.ParquetFile(tmp_path / f"{name}.parquet").metadata for name in ("big", "small", "empty")}
+    assert read_batch_rows(meta["big"], target_bytes=55_000) == 5  # 55 kB / (10 kB + a little per row)
+    assert read_batch_rows(meta["big"], target_bytes=1) == 1  # never below one row
+    assert read_batch_rows(meta["small"], target_bytes=55_000) == READ_BATCH_MAX_ROWS  # tiny rows: the row cap
+    assert read_batch_rows(meta["empty"]) == READ_BATCH_MAX_ROWS
+    for batch_size in (None, 3):
+        rows = list(parquet_rows(str(tmp_path / "big.parquet"), batch_size))
+        assert [(r.row, r.data["id"]) for r in rows] == [(i, i) for i in range(100)]
+        assert [r.data["image"] for r in rows] == blobs
+
+
 def test_second_load_reuses_the_cached_map(tmp_path):
     """The adapter map is fingerprinted: the same file loads from the cache (no new cache file), an
     edited file gets a new one."""

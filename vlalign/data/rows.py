@@ -103,9 +103,32 @@ def json_rows(file: str) -> Iterator[RawRow]:
         yield _as_row(file, i, item)
 
 
-def parquet_rows(file: str, batch_size: int = 256) -> Iterator[RawRow]:
+READ_BATCH_BYTES = 256 * 1024  # row data per Parquet read batch (uncompressed size, from the file's footer)
+READ_BATCH_MAX_ROWS = 256
+
+
+def read_batch_rows(metadata: Any, target_bytes: int = READ_BATCH_BYTES,
+                    max_rows: int = READ_BATCH_MAX_ROWS) -> int:
+    """Rows per read batch of a Parquet file: about ``target_bytes`` of row data, at least 1 row and at
+    most ``max_rows``, from the footer's uncompressed row-group sizes (``max_rows`` when it has none).
+
+    WHY bytes, not rows: a streaming shuffle reads several files at once (``datasets`` interleaves up to
+    10 shards into its buffer), each holding one read batch, so read-ahead memory is open files × batch.
+    On the data-path benchmark (bench/data_path.py: 8 KB rows, 10 files open) the live C heap is 64 MiB
+    above that of one open file with 256-row batches and 28 MiB with the ~32 rows of 256 KiB (the rest is
+    each reader's own buffers); with 1 MB images 256 rows would be 256 MiB per open file.
+    """
+    rows = sum(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
+    size = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+    if rows <= 0 or size <= 0:
+        return max_rows
+    return max(1, min(max_rows, target_bytes * rows // size))
+
+
+def parquet_rows(file: str, batch_size: int | None = None) -> Iterator[RawRow]:
     """Rows of a Parquet file (struct columns such as HF Image ``{bytes, path}`` arrive as dicts), read
-    ``batch_size`` rows at a time: memory holds one batch, not the row group (which may be 100s of MB)."""
+    ``batch_size`` rows at a time (default :func:`read_batch_rows`): memory holds one batch, not the row
+    group (which may be 100s of MB)."""
     local = "://" not in str(file)
     with (contextlib.nullcontext(str(file)) if local else _open(file)) as src:
         try:
@@ -114,7 +137,7 @@ def parquet_rows(file: str, batch_size: int = 256) -> Iterator[RawRow]:
             yield RawRow(file, None, None, f"not a readable Parquet file ({type(exc).__name__}: {exc})")
             return
         row = 0
-        for batch in pf.iter_batches(batch_size=batch_size, use_threads=False):
+        for batch in pf.iter_batches(batch_size=batch_size or read_batch_rows(pf.metadata), use_threads=False):
             for item in batch.to_pylist():
                 yield RawRow(file, row, item)
                 row += 1
