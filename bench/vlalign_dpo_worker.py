@@ -42,6 +42,24 @@ def recompute_vision_on_load() -> None:
     load.load_model = load_model
 
 
+def compile_layers_on_load() -> None:
+    """``compile_layers`` in the spec: every decoder layer of the language model the trainer loads is
+    ``torch.compile``'d (regional compilation, dynamic shapes), so the elementwise chains between the
+    GEMMs (RMSNorm, rotary, SiLU·mul, residual adds) become fused kernels (bench/compile_probe.py)."""
+    from vlalign.models import load
+    from vlalign.models.freeze import find_part
+
+    original = load.load_model
+
+    def load_model(cfg, *args, **kwargs):
+        loaded = original(cfg, *args, **kwargs)
+        for layer in find_part(loaded.model, "language_model").layers:
+            layer.compile(dynamic=True)
+        return loaded
+
+    load.load_model = load_model
+
+
 def main() -> None:
     spec, out = read_spec()
     import torch
@@ -57,6 +75,8 @@ def main() -> None:
 
     if spec.get("recompute_vision"):
         recompute_vision_on_load()
+    if spec.get("compile_layers"):
+        compile_layers_on_load()
     phases = PhaseClock()
     # output-layer log-probs run after the model call: forward (policy) or reference (no gradient)
     heads = [(m, "head_logprobs", grad_phase) for m in (logprobs, shared_prefix, group_prefix)]
@@ -111,6 +131,7 @@ def main() -> None:
         "loss_last": rows[-1]["loss"] if rows else None,
         "reference": "log-probs scored once before step 1 (on-disk cache), no second model",
         "recompute_vision": bool(spec.get("recompute_vision")),
+        "compile_layers": bool(spec.get("compile_layers")),
         "phases": phases.report(e2e["e2e_s"], e2e["e2e_cpu_s"]),
         **memory_report(baseline, rss_snapshot()["hwm_mb"]),
         **gpu_memory(),
