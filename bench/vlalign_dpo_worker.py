@@ -25,39 +25,36 @@ def grad_phase(*args, **kwargs) -> str:
     return "forward" if torch.is_grad_enabled() else "reference"
 
 
-def recompute_vision_on_load() -> None:
-    """The "vlalign_lean" side: every model the trainer loads gets its vision tower recomputed in the
-    backward pass (vlalign.models.recompute; what ``model.gradient_checkpointing: vision`` does once a
-    trainer exposes it)."""
+def on_every_load(transform) -> None:
+    """Apply ``transform(hf_model)`` to every model the trainer loads (through the shared loader)."""
     from vlalign.models import load
+
+    original = load.load_model
+
+    def load_model(cfg, *args, **kwargs):
+        loaded = original(cfg, *args, **kwargs)
+        transform(loaded.model)
+        return loaded
+
+    load.load_model = load_model
+
+
+def recompute_vision(model) -> None:
+    """The "vlalign_lean" side: the vision tower recomputed in the backward pass (vlalign.models.recompute;
+    what ``model.gradient_checkpointing: vision`` does once a trainer exposes it)."""
     from vlalign.models.recompute import recompute_vision_tower
 
-    original = load.load_model
-
-    def load_model(cfg, *args, **kwargs):
-        loaded = original(cfg, *args, **kwargs)
-        recompute_vision_tower(loaded.model)
-        return loaded
-
-    load.load_model = load_model
+    recompute_vision_tower(model)
 
 
-def compile_layers_on_load() -> None:
-    """``compile_layers`` in the spec: every decoder layer of the language model the trainer loads is
-    ``torch.compile``'d (regional compilation, dynamic shapes), so the elementwise chains between the
-    GEMMs (RMSNorm, rotary, SiLU·mul, residual adds) become fused kernels (bench/compile_probe.py)."""
-    from vlalign.models import load
+def compile_layers(model) -> None:
+    """``compile_layers`` in the spec: every decoder layer of the language model ``torch.compile``'d (regional
+    compilation, dynamic shapes), so the elementwise chains between the GEMMs (RMSNorm, rotary, SiLU·mul,
+    residual adds) become fused kernels (bench/compile_probe.py)."""
     from vlalign.models.freeze import find_part
 
-    original = load.load_model
-
-    def load_model(cfg, *args, **kwargs):
-        loaded = original(cfg, *args, **kwargs)
-        for layer in find_part(loaded.model, "language_model").layers:
-            layer.compile(dynamic=True)
-        return loaded
-
-    load.load_model = load_model
+    for layer in find_part(model, "language_model").layers:
+        layer.compile(dynamic=True)
 
 
 def main() -> None:
@@ -74,9 +71,9 @@ def main() -> None:
     from vlalign.trainers.logging import read_metrics
 
     if spec.get("recompute_vision"):
-        recompute_vision_on_load()
+        on_every_load(recompute_vision)
     if spec.get("compile_layers"):
-        compile_layers_on_load()
+        on_every_load(compile_layers)
     phases = PhaseClock()
     # output-layer log-probs run after the model call: forward (policy) or reference (no gradient)
     heads = [(m, "head_logprobs", grad_phase) for m in (logprobs, shared_prefix, group_prefix)]

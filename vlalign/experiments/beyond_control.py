@@ -164,17 +164,16 @@ class BeyondControlConfig(TinyRecipe):
 
 def label_budget(cfg: BeyondControlConfig, method: str) -> int:
     """Answers a method samples and has scored. Pool methods: P·K; iterative DPO: rounds × P/rounds × K;
-    RL: steps × prompts per step × K; the hybrid: its DPO round's share of the pool + the rest as GRPO."""
+    RL: steps × prompts per step × K; the hybrid: its DPO round's share of the pool + the rest as GRPO;
+    the ensemble arm: P·K (its reward model learns the pool's labels; its rollouts cost no label)."""
     p, k, g = cfg.pool.n_prompts, cfg.pool.samples_per_prompt, cfg.grpo
     rl = {"grpo": cfg.grpo, "ppo": cfg.ppo, "ppo_segment": cfg.ppo}
-    if method == "grpo_ensemble":  # the reward model learns from the pool's labels; its rollouts cost no label
-        return p * k
     if method in rl:
         s = rl[method]
         return s.steps * s.prompts_per_step * s.num_samples
     if method == "dpo_grpo":  # whole prompts and rollouts (budget_problems checks the split)
         return round(cfg.hybrid.dpo_share * p) * k + round((1 - cfg.hybrid.dpo_share) * g.steps) * g.prompts_per_step * g.num_samples
-    return p * k  # rft, dpo, mm_dpo, iterative_dpo
+    return p * k  # rft, dpo, mm_dpo, iterative_dpo, grpo_ensemble
 
 
 def budget_problems(cfg: BeyondControlConfig) -> list[str]:
