@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vlalign.config import ConfigError
-from vlalign.experiments.beyond_control import BeyondControlConfig, ensemble_reward, label_budget
+from vlalign.experiments.beyond_control import BeyondControlConfig, ensemble_reward, label_budget, spread
 from vlalign.experiments.beyond_pool import best_of_k
 from vlalign.experiments.beyond_report import (
     TargetRule,
@@ -95,14 +95,35 @@ def test_every_method_gets_the_same_label_budget():
         BeyondControlConfig.from_recipe(overrides={"methods": ["rft", "ppp"]})
 
 
+def test_yes_no_questions_count_in_the_budget_and_spread_among_the_captions():
+    # 256 captions + 64 questions = 320 prompts × K 4: RL must sample 320 prompts (e.g. 32 steps × 10)
+    cfg = BeyondControlConfig.from_recipe(overrides=["pool.n_yes_no=64", "grpo.prompts_per_step=10", "ppo.prompts_per_step=10"])
+    assert {label_budget(cfg, m) for m in cfg.methods} == {320 * 4}
+    with pytest.raises(ConfigError, match=r"but the pool has \(pool.n_prompts \+ pool.n_yes_no\)"):
+        BeyondControlConfig.from_recipe(overrides=["pool.n_yes_no=64"])
+    # the target preset (256 + 256 prompts, 16 per RL step) keeps every method's budget equal, all nine included
+    every = ["rft", "dpo", "mm_dpo", "iterative_dpo", "grpo", "ppo", "ppo_segment", "dpo_grpo", "grpo_ensemble"]
+    target = BeyondControlConfig.from_recipe("experiments/beyond_control_target", overrides={"methods": every})
+    assert target.pool.n_yes_no == 256 and {label_budget(target, m) for m in every} == {512 * 4}
+    # 6 captions, 2 questions: question j at (j + ½)/2 of the way, after the captions at or before it
+    assert spread(list("abcdef"), ["Q1", "Q2"]) == ["a", "b", "Q1", "c", "d", "e", "Q2", "f"]
+    assert spread(list("abc"), []) == ["a", "b", "c"]
+
+
 def test_alignment_freeze_and_the_ensemble_arm_config():
     cfg = BeyondControlConfig.from_recipe()
     sft = Path("/m")
-    assert cfg.policy(sft) == {"name_or_path": "/m", "freeze": ["vision_tower"]}  # align_freeze null = freeze
+    assert cfg.align_policy(sft) == {"name_or_path": "/m", "freeze": ["vision_tower"]}  # align_freeze null = freeze
     free = BeyondControlConfig.from_recipe(overrides={"align_freeze": []})
-    assert free.policy(sft)["freeze"] == [] and free.freeze == ["vision_tower"]  # the base's SFT keeps its tower fixed
-    slow = BeyondControlConfig.from_recipe(overrides=["align_freeze=[]", "align_lr_scale={vision_tower: 0.1}"])
-    assert slow.policy(sft) == {"name_or_path": "/m", "freeze": [], "lr_scale": {"vision_tower": 0.1}}
+    assert free.align_policy(sft)["freeze"] == []
+    slow = BeyondControlConfig.from_recipe(overrides=["align_freeze=[vision_tower, projector]", "align_lr_scale={vision_tower: 0.1}",
+                                                      "align_lora.enabled=true", "align_lora.r=4"])  # fmt: skip
+    policy = slow.align_policy(sft)
+    adapter = policy.pop("lora")
+    assert policy == {"name_or_path": "/m", "freeze": ["vision_tower", "projector"], "lr_scale": {"vision_tower": 0.1}}
+    # the base's SFT (build_sft_model reads `policy`) keeps `freeze` alone, whatever the alignment keys say
+    assert slow.policy(sft) == {"name_or_path": "/m", "freeze": ["vision_tower"]}
+    assert (adapter["enabled"], adapter["r"], adapter["target_modules"]) == (True, 4, "all-linear")
     assert label_budget(cfg, "grpo_ensemble") == cfg.pool.n_prompts * cfg.pool.samples_per_prompt
     assert ensemble_reward(cfg, Path("/rm")) == {"name": "learned", "kwargs": {"path": "/rm", "aggregate": "conservative",
                                                                                 "coef": 1.0, "batch_size": 32}}  # fmt: skip
@@ -131,7 +152,8 @@ def test_rollout_curves_read_the_feedback_score_of_each_online_run(tmp_path):
 def test_minimal_run_measures_every_method_and_writes_the_report(tmp_path):
     from vlalign.experiments.beyond_control import run_beyond_control
 
-    # the small preset (configs/experiments/beyond_control_quick.yaml): 8 prompts × K 4 = 32 labels per method
+    # the small preset (configs/experiments/beyond_control_quick.yaml): (6 captions + 2 yes/no questions) × K 4 =
+    # 32 labels per method
     cfg = BeyondControlConfig.from_recipe("experiments/beyond_control_quick")
     res = run_beyond_control(cfg, tmp_path, log=lambda s: None)
     methods = cfg.methods
@@ -144,7 +166,11 @@ def test_minimal_run_measures_every_method_and_writes_the_report(tmp_path):
         assert r["train"]["labels"] == 32
     # the pool: 8 prompts × 4 answers, scored by the exact judge itself, so no label differs from it
     pool = res["pool"]
-    assert (pool["prompts"], pool["answers"], pool["rft_rows"]) == (8, 32, 8)
+    assert (pool["prompts"], pool["yes_no_prompts"], pool["answers"], pool["rft_rows"]) == (8, 2, 32, 8)
+    # the prompt file every method samples: the questions spread among the captions, with no reference answer
+    prompts = [json.loads(line) for line in (tmp_path / "prompts" / "pool.jsonl").read_text().splitlines()]
+    assert [p["meta"]["task"] for p in prompts] == ["caption"] * 2 + ["yes_no"] + ["caption"] * 3 + ["yes_no", "caption"]
+    assert all(p.get("reference") is None for p in prompts)
     assert pool["labels_differing_from_exact"] == 0.0 and pool["pairs"] >= 1
     updates = {r["method"]: r["train"]["updates"] for r in res["runs"]}
     assert (updates["rft"], updates["dpo"], updates["mm_dpo"], updates["ppo_segment"]) == (2, 2, 2, 4)

@@ -47,6 +47,35 @@ def test_errors_spans_reveal_no_correction():
     assert not hasattr(_score("shapes_errors", [text]), "segments")  # no corrected spans at all
 
 
+def _yes_no(answers, obj, scene=SCENE):
+    meta = {"task": "yes_no", "scene": scene, "object": obj, "label": "ignored: the judge reads the scene"}
+    return [Sample([], f"Is there a {obj} in the image?", a, dict(meta)) for a in answers]
+
+
+def test_yes_no_answers_get_one_verdict_by_hand():
+    source = REWARD_SOURCES.get("shapes_errors")(omission_weight=1.0)
+    # red circle present: "Yes." right (0), "No." wrong (−1), neither word wrong (−1); no omissions for a question
+    present = source.score(_yes_no(["Yes.", "No.", "The image shows a red circle."], "red circle"))
+    assert present.rewards.tolist() == [0.0, -1.0, -1.0]
+    assert present.parts["missed"].tolist() == [0.0, 0.0, 0.0]
+    # blue square absent: "No." right, "Yes, there is." wrong
+    absent = source.score(_yes_no(["No.", "  Yes, there is. "], "blue square"))
+    assert absent.rewards.tolist() == [0.0, -1.0]
+    # the wrong answer's span is the whole answer (stripped), −1, kind "wrong"; a right answer has none
+    assert absent.spans[0] == []
+    ((span,),) = absent.spans[1:]
+    assert ("  Yes, there is. "[span.start : span.end], span.value, span.kind) == ("Yes, there is.", -1.0, "wrong")
+    # the noisy judge flips the one verdict at rate 1: right becomes wrong and wrong becomes right
+    flipped = REWARD_SOURCES.get("shapes_errors_noisy")(noise="flip", rate=1.0).score(_yes_no(["Yes.", "No."], "red circle"))
+    assert flipped.rewards.tolist() == [-1.0, 0.0]
+
+
+def test_unknown_task_names_the_known_ones():
+    sample = Sample([], "Where is the red circle?", "Top left.", {"task": "position", "scene": SCENE})
+    with pytest.raises(KeyError, match="unknown shapes_errors task 'position'.*Known: caption, yes_no"):
+        REWARD_SOURCES.get("shapes_errors")().score([sample])
+
+
 def test_bad_settings_name_the_key():
     with pytest.raises(ValueError, match="noise 'flop' is not a known kind; set noise to one of count, flip"):
         REWARD_SOURCES.get("shapes_errors_noisy")(noise="flop")

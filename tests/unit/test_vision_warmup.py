@@ -59,6 +59,27 @@ def test_warm_up_vision_loss_falls_and_only_vision_changes(tiny_demo, learning):
     assert not any("language_model" in k or "lm_head" in k for k in changed)
 
 
+def test_warm_up_vision_is_a_function_of_its_seed_not_of_the_global_generator(tiny_demo):
+    """torch seeds its global generator at random in each process; the warm-up (its head's init) must not
+    read it, or one config gives a different base in every run. The caller's generator is handed back."""
+    import torch
+    from safetensors.torch import load_file
+
+    from vlalign.experiments.vision_warmup import VisionWarmupConfig, warm_up_vision
+
+    root, base, rows = tiny_demo
+    cfg = VisionWarmupConfig(steps=3, batch_size=8, learning_rate=3e-3)
+    weights = []
+    for i, global_seed in enumerate((1, 2)):
+        torch.manual_seed(global_seed)
+        state = torch.get_rng_state()
+        out, _ = warm_up_vision(base, rows, cfg, root / f"same_{i}", seed=7, log=lambda s: None)
+        assert torch.equal(torch.get_rng_state(), state)  # the caller's global generator, untouched
+        weights.append(load_file(str(out / "model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_image_nll_gap_zero_when_every_row_shows_the_same_image(tiny_demo):
     """Swapping identical images cannot change anything: gap exactly 0; own NLL is a real number > 0."""
     from vlalign.experiments.vision_warmup import image_nll_gap

@@ -61,9 +61,10 @@ from vlalign.experiments.beyond_report import (
 )
 from vlalign.experiments.compute import text_vocab_size
 from vlalign.experiments.evaluator import Evaluation, evaluate_model
-from vlalign.experiments.sft_base import build_sft_model, onpolicy_prompts, replay_section
+from vlalign.experiments.sft_base import as_prompt, build_sft_model, onpolicy_prompts, replay_section
 from vlalign.experiments.vision_warmup import VisionWarmupConfig
 from vlalign.machine import machine_line
+from vlalign.models.load import LoraSettings
 from vlalign.registry import Registry
 from vlalign.rewards.composite import RewardSourceConfig
 from vlalign.trainers.dpo import train_dpo
@@ -122,6 +123,8 @@ class BeyondControlConfig(TinyRecipe):
                                            "update the vision tower too")  # fmt: skip
     align_lr_scale: dict[str, float] = Field(default_factory=dict, description="parts trained at this multiple of each "
                                              "alignment stage's learning rate (model.lr_scale), e.g. {vision_tower: 0.1}")  # fmt: skip
+    align_lora: LoraSettings = Field(default_factory=LoraSettings, description="a LoRA adapter on the language model "
+                                     "in the alignment stages (model.lora); off = every unfrozen weight is trained")  # fmt: skip
     sft: Stage = Field(..., description="the base's SFT stage (steps, batch, learning rate)")
     base_from: str | None = Field(..., description="reuse data and SFT model of an earlier run's folder (its base.json)")
     feedback: RewardSourceConfig = Field(..., description="the score-only source every method learns from")
@@ -142,10 +145,16 @@ class BeyondControlConfig(TinyRecipe):
     generation: GenerationConfig
 
     def policy(self, model_dir: Path) -> dict[str, Any]:
-        """The model section of every alignment stage started from ``model_dir``."""
+        """The model section of the base's SFT stage (``build_sft_model`` reads it): ``freeze`` alone."""
+        return {"name_or_path": str(model_dir), "freeze": list(self.freeze)}
+
+    def align_policy(self, model_dir: Path) -> dict[str, Any]:
+        """The model section of every alignment stage started from ``model_dir``: the ``align_*`` keys, which
+        never reach the base."""
         frozen = self.freeze if self.align_freeze is None else self.align_freeze
         scaled = {"lr_scale": dict(self.align_lr_scale)} if self.align_lr_scale else {}
-        return {"name_or_path": str(model_dir), "freeze": list(frozen), **scaled}
+        lora = {"lora": self.align_lora.model_dump()} if self.align_lora.enabled else {}
+        return {"name_or_path": str(model_dir), "freeze": list(frozen), **scaled, **lora}
 
     @model_validator(mode="after")
     def _same_budget(self) -> BeyondControlConfig:
@@ -166,7 +175,7 @@ def label_budget(cfg: BeyondControlConfig, method: str) -> int:
     """Answers a method samples and has scored. Pool methods: P·K; iterative DPO: rounds × P/rounds × K;
     RL: steps × prompts per step × K; the hybrid: its DPO round's share of the pool + the rest as GRPO;
     the ensemble arm: P·K (its reward model learns the pool's labels; its rollouts cost no label)."""
-    p, k, g = cfg.pool.n_prompts, cfg.pool.samples_per_prompt, cfg.grpo
+    p, k, g = cfg.pool.prompts, cfg.pool.samples_per_prompt, cfg.grpo
     rl = {"grpo": cfg.grpo, "ppo": cfg.ppo, "ppo_segment": cfg.ppo}
     if method in rl:
         s = rl[method]
@@ -182,13 +191,14 @@ def budget_problems(cfg: BeyondControlConfig) -> list[str]:
     for m in cfg.methods:
         got = label_budget(cfg, m)
         if got != want:
-            out.append(f"{m} samples and scores {got:g} answers but the pool has pool.n_prompts × pool.samples_per_prompt = "
+            out.append(f"{m} samples and scores {got:g} answers but the pool has (pool.n_prompts + pool.n_yes_no) × pool.samples_per_prompt = "
                        f"{want:g}; make steps × prompts_per_step × num_samples equal to it")  # fmt: skip
     r, share = cfg.iterative.rounds, cfg.hybrid.dpo_share
-    if "iterative_dpo" in cfg.methods and (cfg.pool.n_prompts % r or cfg.offline.steps % r):
-        out.append(f"iterative.rounds={r} must divide pool.n_prompts ({cfg.pool.n_prompts}) and offline.steps ({cfg.offline.steps})")
+    if "iterative_dpo" in cfg.methods and (cfg.pool.prompts % r or cfg.offline.steps % r):
+        out.append(f"iterative.rounds={r} must divide the pool's prompts ({cfg.pool.prompts}: pool.n_prompts + pool.n_yes_no) "
+                   f"and offline.steps ({cfg.offline.steps})")
     if "dpo_grpo" in cfg.methods:
-        parts = {"pool.n_prompts": cfg.pool.n_prompts * share, "offline.steps": cfg.offline.steps * share,
+        parts = {"pool prompts": cfg.pool.prompts * share, "offline.steps": cfg.offline.steps * share,
                  "grpo.steps": cfg.grpo.steps * (1 - share)}  # fmt: skip
         bad = [f"{k} × share = {v:g}" for k, v in parts.items() if abs(v - round(v)) > 1e-9 or round(v) < 1]
         if bad:
@@ -228,14 +238,14 @@ def train_rft(setup: Setup, seed: int, out: Path) -> dict[str, Any]:
     """The control: SFT on each pool prompt's best-scored answer (rejection-sampling fine-tuning), the
     offline budget of steps, batch and learning rate, the same replay."""
     cfg, d = setup.cfg, setup.cfg.offline
-    train_sft(trainer_config("sft", out, seed, cfg.policy(setup.base.sft_model), setup.pool.rft_file, d,
+    train_sft(trainer_config("sft", out, seed, cfg.align_policy(setup.base.sft_model), setup.pool.rft_file, d,
                              mixed_precision="no", replay=_replay(setup, d, out)), setup.pool.rft_rows)  # fmt: skip
     return {"updates": d.steps}
 
 
 def _train_pairs(setup: Setup, seed: int, out: Path, loss: str, **values: Any) -> dict[str, Any]:
     cfg, d = setup.cfg, setup.cfg.offline
-    train_dpo(trainer_config("dpo", out, seed, cfg.policy(setup.base.sft_model), setup.pool.pair_file, d, mixed_precision="no",
+    train_dpo(trainer_config("dpo", out, seed, cfg.align_policy(setup.base.sft_model), setup.pool.pair_file, d, mixed_precision="no",
                              loss=loss, beta=d.beta, sft_weight=d.sft_weight, replay=_replay(setup, d, out), **values),
               setup.pool.pairs)  # fmt: skip
     return {"updates": d.steps}
@@ -254,8 +264,8 @@ def iterative_config(setup: Setup, seed: int, out: Path, rounds: int, share: flo
            "sft_weight": d.sft_weight, "mixed_precision": "no", "save_steps": 0, "progress": False,
            "data": {"max_length": 160}, "replay": _replay(setup, d, out)}  # fmt: skip
     return IterativeDPOConfig.model_validate({
-        "output_dir": str(out), "seed": seed, "model": cfg.policy(setup.base.sft_model), "prompts": str(setup.prompts),
-        "rounds": rounds, "prompts_per_round": round(p.n_prompts * share) // rounds,
+        "output_dir": str(out), "seed": seed, "model": cfg.align_policy(setup.base.sft_model), "prompts": str(setup.prompts),
+        "rounds": rounds, "prompts_per_round": round(p.prompts * share) // rounds,
         "rollout": {"num_samples": p.samples_per_prompt, "max_new_tokens": p.max_new_tokens, "temperature": p.temperature},
         "reward": cfg.feedback.model_dump(), "pairing": "best_worst", "sampling_batch_size": p.batch_size, "max_length": 160,
         "dpo": dpo, "then": then, "resume": True})  # fmt: skip
@@ -290,7 +300,7 @@ def rl_values(setup: Setup, kind: str, stage: RLStage, out: Path) -> dict[str, A
 def _train_rl(kind: str, setup: Setup, seed: int, out: Path) -> dict[str, Any]:
     trainer = "grpo" if kind == "grpo" else "ppo"
     stage: RLStage = getattr(setup.cfg, trainer)
-    tcfg = trainer_config(trainer, out, seed, setup.cfg.policy(setup.base.sft_model), setup.prompts, stage,
+    tcfg = trainer_config(trainer, out, seed, setup.cfg.align_policy(setup.base.sft_model), setup.prompts, stage,
                           **rl_values(setup, kind, stage, out))  # fmt: skip
     res = (train_grpo if trainer == "grpo" else train_ppo)(tcfg)
     return {"updates": stage.steps, "stop_reason": res.get("stop_reason")}
@@ -324,7 +334,7 @@ def train_grpo_ensemble(setup: Setup, seed: int, out: Path) -> dict[str, Any]:
 
     cfg, e, g = setup.cfg, setup.cfg.ensemble, setup.cfg.grpo
     rm_dir = out / "reward_model"
-    model = {**cfg.policy(setup.base.sft_model), "heads": e.heads}
+    model = {**cfg.align_policy(setup.base.sft_model), "heads": e.heads}
     held_out = caption_pairs_held_out(setup.base.data_dir, out / "rm_eval.jsonl")
     rm_eval = {"data": str(held_out), "limit": cfg.eval_limit, "batch_size": 32} if held_out else {"data": None}
     rm_cfg = trainer_config("reward_model", rm_dir, seed, model, setup.pool.rm_pair_file, e, bootstrap=e.bootstrap,
@@ -333,7 +343,7 @@ def train_grpo_ensemble(setup: Setup, seed: int, out: Path) -> dict[str, Any]:
     after = rm.get("after") or {}
     # gold: the feedback scores the rollouts too, logged only (gold/*), so a hacked ensemble shows in the curves
     rl = {**rl_values(setup, "grpo", g, out / "rl"), "reward": ensemble_reward(cfg, rm_dir), "gold": cfg.feedback.model_dump()}
-    train_grpo(trainer_config("grpo", out, seed, cfg.policy(setup.base.sft_model), setup.prompts, g, **rl))
+    train_grpo(trainer_config("grpo", out, seed, cfg.align_policy(setup.base.sft_model), setup.prompts, g, **rl))
     return {"updates": e.steps + g.steps, "rm_pairs": len(setup.pool.rm_pairs), "rm_steps": rm.get("steps"),
             "rm_heldout_accuracy": after.get("accuracy"), "rm_heldout_disagreement": after.get("disagreement")}
 
@@ -343,23 +353,33 @@ def train_grpo_ensemble(setup: Setup, seed: int, out: Path) -> dict[str, Any]:
 
 def get_base(cfg: BeyondControlConfig, out: Path, log: Callable[[str], None]) -> tuple[Base, Path]:
     """``base_from`` or a fresh base (data → vision warm-up → SFT), and the pool's prompt file: the first
-    ``pool.n_prompts`` training caption prompts (images absolute)."""
+    ``pool.n_prompts`` training caption prompts and ``pool.n_yes_no`` yes/no questions, spread evenly
+    (images absolute; the yes/no references dropped: the feedback judges from the scene)."""
+    p = cfg.pool
     if cfg.base_from:
         log(f"[beyond-control] reusing data and SFT model from {cfg.base_from}")
         base = load_base(cfg.base_from)
-        captions, _ = onpolicy_prompts(base.data_dir, cfg.pool.n_prompts, 0)
+        data = base.data_dir
     else:
         clock = StageClock("beyond-control", log)
         data, sft_model = build_sft_model(cfg, out, clock, log)  # type: ignore[arg-type]  # the SFTBaseConfig fields it reads
-        captions, _ = onpolicy_prompts(data, cfg.pool.n_prompts, 0)
         base = Base(data, sft_model, out / "prompts" / "pool.jsonl", None, text_vocab_size(sft_model), {"timing_s": clock.timing})
-    if len(captions) < cfg.pool.n_prompts:
-        raise ValueError(f"pool.n_prompts={cfg.pool.n_prompts} but the data has {len(captions)} training caption prompts; "
-                         "lower pool.n_prompts or generate more scenes (data.n_train)")  # fmt: skip
-    prompts = write_jsonl(captions, out / "prompts" / "pool.jsonl")
+    captions, yes_no = onpolicy_prompts(data, p.n_prompts, p.n_yes_no)
+    for key, kind, want, got in (("n_prompts", "caption", p.n_prompts, captions), ("n_yes_no", "yes/no", p.n_yes_no, yes_no)):
+        if len(got) < want:
+            raise ValueError(f"pool.{key}={want} but the data has {len(got)} training {kind} prompts; lower pool.{key} "
+                             "or generate more scenes (data.n_train)")  # fmt: skip
+    prompts = write_jsonl(spread(captions, [as_prompt(r) for r in yes_no]), out / "prompts" / "pool.jsonl")
     if not cfg.base_from:
         save_base(base, out)
     return base, prompts
+
+
+def spread(major: list[Any], minor: list[Any]) -> list[Any]:
+    """``major`` and ``minor`` merged in order, ``minor``'s items evenly among ``major``'s (item j of n at
+    (j + ½)/n of the way): a prefix of the file (one iterative round, the hybrid's DPO share) holds both."""
+    keyed = [(i / len(major), 0, x) for i, x in enumerate(major)] + [((j + 0.5) / len(minor), 1, x) for j, x in enumerate(minor)]
+    return [x for _, _, x in sorted(keyed, key=lambda t: t[:2])]
 
 
 def measure(setup: Setup, model_dir: Path, out: Path) -> Evaluation:

@@ -1,4 +1,5 @@
-"""The shared pool of `vlalign experiment beyond-control`: K answers per training caption prompt sampled
+"""The shared pool of `vlalign experiment beyond-control`: K answers per training prompt (captions, and
+``pool.n_yes_no`` yes/no questions when set) sampled
 once from the SFT model and scored once by the experiment's score-only feedback. The control (RFT: SFT on
 each prompt's best answer), offline DPO (best vs worst) and MM-DPO (the same pairs, β from the score
 margin) all train on it, so they differ only in how they use the same labels.
@@ -34,10 +35,17 @@ class PoolConfig(BaseConfig):
     """The shared pool of the offline methods: K answers per training caption prompt from the SFT model."""
 
     n_prompts: int = Field(..., ge=1, description="training caption prompts (also the online methods' prompts)")
+    n_yes_no: int = Field(0, ge=0, description="training yes/no questions added to the prompts, spread among the "
+                          "captions and scored by the same feedback: every method then learns the yes/no task too")  # fmt: skip
     samples_per_prompt: int = Field(..., ge=2, description="K answers per prompt (best vs worst needs K ≥ 2)")
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(40, ge=1)
     batch_size: int = Field(32, ge=1, description="prompts per generate call")
+
+    @property
+    def prompts(self) -> int:
+        """Every prompt of the pool (and of the online methods): captions + yes/no questions."""
+        return self.n_prompts + self.n_yes_no
 
 
 def best_of_k(texts: list[str], scores: list[float]) -> int | None:
@@ -89,7 +97,7 @@ def build_pool(cfg: Any, base: Base, pool_prompts: Path, out: Path, log: Callabl
     given = [s for g in groups for s in g.scores]
     true_of = {(g.record.id, t.strip()): s for g, ts in zip(groups, _chunks(true, p.samples_per_prompt)) for t, s in zip(g.texts, ts)}
     agree = [true_of[(pr.meta["source_id"], pr.chosen)] > true_of[(pr.meta["source_id"], pr.rejected)] for pr in pairs]
-    info = {"prompts": len(groups), "answers": len(given), "score_mean": sum(given) / len(given),
+    info = {"prompts": len(groups), "yes_no_prompts": sum(g.record.meta.get("task") == "yes_no" for g in groups), "answers": len(given), "score_mean": sum(given) / len(given),
             "best_of_k_mean": sum(max(g.scores) for g in groups) / len(groups), "rft_rows": len(rft), "pairs": len(pairs),
             "rm_pairs": len(rm_pairs), "prompts_without_pair": no_pair, "labels_differing_from_exact": sum(a != b for a, b in zip(given, true)) / len(given),
             "pairs_right_by_exact_judge": sum(agree) / len(agree) if agree else float("nan"),

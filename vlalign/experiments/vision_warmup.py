@@ -121,28 +121,32 @@ def warm_up_vision(
     trained = list(model.model.vision_tower.parameters()) + list(
         model.model.multi_modal_projector.parameters()
     )
-    head = torch.nn.Linear(model.config.text_config.hidden_size, len(types))
-    opt = torch.optim.AdamW(trained + list(head.parameters()), lr=cfg.learning_rate, weight_decay=0.0)
+    # the head's init (and any dropout) draws from torch's global generator, which torch seeds at random in
+    # each process: seed it, so one config gives one warm model, and hand the caller's state back afterwards
     from transformers import get_cosine_schedule_with_warmup
 
-    sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps), cfg.steps)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    losses: list[float] = []
-    for step in range(cfg.steps):
-        idx = torch.randint(len(rows), (min(cfg.batch_size, len(rows)),), generator=gen)
-        logits = head(pooled_image_features(model, pixels[idx]))  # (B, K)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if (step + 1) % 50 == 0 or step + 1 == cfg.steps:
-            log(
-                f"[vision_warmup] step {step + 1}/{cfg.steps} bce {sum(losses[-50:]) / len(losses[-50:]):.4f}"
-            )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = torch.nn.Linear(model.config.text_config.hidden_size, len(types))
+        opt = torch.optim.AdamW(trained + list(head.parameters()), lr=cfg.learning_rate, weight_decay=0.0)
+        sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps), cfg.steps)
+        gen = torch.Generator().manual_seed(seed)
+        model.train()
+        losses: list[float] = []
+        for step in range(cfg.steps):
+            idx = torch.randint(len(rows), (min(cfg.batch_size, len(rows)),), generator=gen)
+            logits = head(pooled_image_features(model, pixels[idx]))  # (B, K)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if (step + 1) % 50 == 0 or step + 1 == cfg.steps:
+                log(
+                    f"[vision_warmup] step {step + 1}/{cfg.steps} bce {sum(losses[-50:]) / len(losses[-50:]):.4f}"
+                )
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

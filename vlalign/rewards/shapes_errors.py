@@ -9,7 +9,10 @@ gives a score and no fix. These sources score like such a judge:
   types an answer names that are not in the image and ``missed`` the types in the image it does not
   name. The judged spans (for ``reward_granularity: segment``) mark only *that* a mention is wrong:
   value −1 on the first mention of each wrong type, kind ``"wrong"``, no correction; the omission part
-  of the score has no span (segment PPO puts it on the last token).
+  of the score has no span (segment PPO puts it on the last token). A yes/no question about one object
+  (``meta["task"] == "yes_no"``) gets one verdict: wrong (−1, the whole answer its span) when the answer
+  says yes / no against the scene, or neither; omissions do not apply. Each task's judge is one entry of
+  :data:`TASK_JUDGES`.
 - ``shapes_errors_noisy``: the same judge with seeded noise (:data:`ERROR_NOISE`): ``flip`` turns each
   verdict (each named type: wrong or not; each unnamed present type: missed or not) the other way with
   probability ``rate``; ``count`` reports the error count off by one with probability ``rate``.
@@ -32,6 +35,7 @@ import torch
 
 from vlalign.data.shapes.scene import objects_of
 from vlalign.data.shapes.text import Mention, parse_mentions
+from vlalign.evaluation.hallucination import parse_yes_no
 from vlalign.registry import Registry
 from vlalign.rewards.base import REWARD_SOURCES, JudgedSpan, RewardOutput, Sample
 from vlalign.rewards.shapes_rules import scene_of
@@ -63,6 +67,29 @@ def judge_errors(text: str, scene: Mapping[str, Any]) -> Verdicts:
         if not m.negated and m.obj not in named:
             named[m.obj] = m
     return Verdicts(list(named.values()), [obj not in truth for obj in named], [True for t in truth if t not in named])
+
+
+def judge_yes_no(text: str, meta: Mapping[str, Any]) -> Verdicts:
+    """The exact verdict on a yes/no answer about ``meta["object"]`` ("red circle"): one named object (the
+    one asked about, its span the whole answer), wrong unless the answer parses to the scene's truth; an
+    answer that says neither yes nor no is wrong too (as POPE counts it)."""
+    color, shape = str(meta["object"]).split()
+    truth = "yes" if (color, shape) in objects_of(meta["scene"]) else "no"
+    start = len(text) - len(text.lstrip())
+    asked = Mention(color, shape, 1, start, max(len(text.rstrip()), start))
+    return Verdicts([asked], [parse_yes_no(text) != truth], [])
+
+
+# meta["task"] -> (answer, record meta) -> exact verdicts; records without a task are captions
+TASK_JUDGES: Registry[Callable[[str, Mapping[str, Any]], Verdicts]] = Registry("shapes_errors task")
+TASK_JUDGES.register("caption")(lambda text, meta: judge_errors(text, meta["scene"]))
+TASK_JUDGES.register("yes_no")(judge_yes_no)
+
+
+def exact_verdicts(sample: Sample) -> Verdicts:
+    """The exact verdicts on ``sample`` by the judge of its task (``meta["task"]``, default caption)."""
+    scene_of(sample)  # a clear error when the ground truth is missing
+    return TASK_JUDGES.get(sample.meta.get("task", "caption"))(sample.response, sample.meta)
 
 
 def error_reward(v: Verdicts, omission_weight: float) -> float:
@@ -123,7 +150,7 @@ class ShapesErrors:
         self.omission_weight = omission_weight
 
     def verdicts(self, sample: Sample, scene: Mapping[str, Any]) -> Verdicts:
-        return judge_errors(sample.response, scene)
+        return exact_verdicts(sample)
 
     def score(self, samples: list[Sample]) -> RewardOutput:
         scenes = [scene_of(s) for s in samples]
@@ -151,7 +178,7 @@ class ShapesErrorsNoisy(ShapesErrors):
         self.noise, self.rate, self.seed = ERROR_NOISE.get(noise), rate, seed
 
     def verdicts(self, sample: Sample, scene: Mapping[str, Any]) -> Verdicts:
-        return self.noise(judge_errors(sample.response, scene), self.rate, noise_stream(self.seed, sample, scene))
+        return self.noise(exact_verdicts(sample), self.rate, noise_stream(self.seed, sample, scene))
 
 
 REWARD_SOURCES.register("shapes_errors")(ShapesErrors)
