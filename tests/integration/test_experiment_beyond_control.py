@@ -101,10 +101,10 @@ def test_yes_no_questions_count_in_the_budget_and_spread_among_the_captions():
     assert {label_budget(cfg, m) for m in cfg.methods} == {320 * 4}
     with pytest.raises(ConfigError, match=r"but the pool has \(pool.n_prompts \+ pool.n_yes_no\)"):
         BeyondControlConfig.from_recipe(overrides=["pool.n_yes_no=64"])
-    # the target preset (256 + 256 prompts, 16 per RL step) keeps every method's budget equal, all nine included
+    # the target preset (512 + 512 prompts, 64 RL steps of 16) keeps every method's budget equal, all nine included
     every = ["rft", "dpo", "mm_dpo", "iterative_dpo", "grpo", "ppo", "ppo_segment", "dpo_grpo", "grpo_ensemble"]
     target = BeyondControlConfig.from_recipe("experiments/beyond_control_target", overrides={"methods": every})
-    assert target.pool.n_yes_no == 256 and {label_budget(target, m) for m in every} == {512 * 4}
+    assert target.pool.n_yes_no == 512 and {label_budget(target, m) for m in every} == {1024 * 4}
     # 6 captions, 2 questions: question j at (j + ½)/2 of the way, after the captions at or before it
     assert spread(list("abcdef"), ["Q1", "Q2"]) == ["a", "b", "Q1", "c", "d", "e", "Q2", "f"]
     assert spread(list("abc"), []) == ["a", "b", "c"]
