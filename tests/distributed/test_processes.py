@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(Path(__file__).parent))
+from launch_support import free_port
 from test_rl_helpers import prompt_file
 from worker import run_job
 
@@ -76,7 +77,8 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _launch(config: str, port: int, jobs: list[dict], folder: Path) -> None:
+def _launch(config: str, jobs: list[dict], folder: Path) -> None:
+    port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
     spec = folder / "jobs.json"
     spec.write_text(json.dumps(jobs))
@@ -126,7 +128,7 @@ def one(setup):
 def ddp(setup):
     root, configs = setup
     out, jobs = _jobs(root, "ddp", configs[2], SUPERVISED + RL)
-    _launch("cpu_2proc.yaml", 29563, jobs, root / "ddp")
+    _launch("cpu_2proc.yaml", jobs, root / "ddp")
     return out
 
 
@@ -134,7 +136,7 @@ def ddp(setup):
 def fsdp(setup):
     root, configs = setup
     out, jobs = _jobs(root, "fsdp", configs[2], FSDP)
-    _launch("fsdp_cpu_2proc.yaml", 29567, jobs, root / "fsdp")
+    _launch("fsdp_cpu_2proc.yaml", jobs, root / "fsdp")
     return out
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch_support import free_port
 from safetensors.torch import load_file
 
 from vlalign.trainers.checkpoint import checkpoint_dirs, latest_checkpoint, remove_partial
@@ -123,7 +124,7 @@ def test_two_processes_equal_one_process(tiny_model_dir, trainer_data, tmp_path)
     two = tmp_path / "two"
     cfg = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / "cpu_2proc.yaml"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg),
-              "--main_process_port", "29561", "-m", "vlalign.trainers.cli"]
+              "--main_process_port", str(free_port()), "-m", "vlalign.trainers.cli"]
     args2 = launch + _args(model_dir, data, two, "per_device_batch_size=2", *common)[3:]
     res = subprocess.run(args2, env=_env(), capture_output=True, text=True, timeout=_HANG_GUARD_S, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
