@@ -121,10 +121,10 @@ def warm_up_vision(
     trained = list(model.model.vision_tower.parameters()) + list(
         model.model.multi_modal_projector.parameters()
     )
-    # the head's init (and any dropout) draws from torch's global generator, which torch seeds at random in
-    # each process: seed it, so one config gives one warm model, and hand the caller's state back afterwards
     from transformers import get_cosine_schedule_with_warmup
 
+    # the head's init (and any dropout) draws from torch's global generator, which torch seeds at random in
+    # each process: seed it, so one config gives one warm model, and hand the caller's state back afterwards
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = torch.nn.Linear(model.config.text_config.hidden_size, len(types))

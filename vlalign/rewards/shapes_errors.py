@@ -69,27 +69,26 @@ def judge_errors(text: str, scene: Mapping[str, Any]) -> Verdicts:
     return Verdicts(list(named.values()), [obj not in truth for obj in named], [True for t in truth if t not in named])
 
 
-def judge_yes_no(text: str, meta: Mapping[str, Any]) -> Verdicts:
-    """The exact verdict on a yes/no answer about ``meta["object"]`` ("red circle"): one named object (the
-    one asked about, its span the whole answer), wrong unless the answer parses to the scene's truth; an
-    answer that says neither yes nor no is wrong too (as POPE counts it)."""
-    color, shape = str(meta["object"]).split()
-    truth = "yes" if (color, shape) in objects_of(meta["scene"]) else "no"
+def judge_yes_no(text: str, scene: Mapping[str, Any], asked: str) -> Verdicts:
+    """The exact verdict on a yes/no answer about the object ``asked`` ("red circle"): one named object (its
+    span the whole answer), wrong unless the answer parses to the scene's truth; an answer that says neither
+    yes nor no is wrong too (as POPE counts it)."""
+    color, shape = asked.split()
+    truth = "yes" if (color, shape) in objects_of(scene) else "no"
     start = len(text) - len(text.lstrip())
-    asked = Mention(color, shape, 1, start, max(len(text.rstrip()), start))
-    return Verdicts([asked], [parse_yes_no(text) != truth], [])
+    mention = Mention(color, shape, 1, start, max(len(text.rstrip()), start))
+    return Verdicts([mention], [parse_yes_no(text) != truth], [])
 
 
-# meta["task"] -> (answer, record meta) -> exact verdicts; records without a task are captions
-TASK_JUDGES: Registry[Callable[[str, Mapping[str, Any]], Verdicts]] = Registry("shapes_errors task")
-TASK_JUDGES.register("caption")(lambda text, meta: judge_errors(text, meta["scene"]))
-TASK_JUDGES.register("yes_no")(judge_yes_no)
+# meta["task"] -> (sample, its scene) -> exact verdicts; records without a task are captions
+TASK_JUDGES: Registry[Callable[[Sample, Mapping[str, Any]], Verdicts]] = Registry("shapes_errors task")
+TASK_JUDGES.register("caption")(lambda sample, scene: judge_errors(sample.response, scene))
+TASK_JUDGES.register("yes_no")(lambda sample, scene: judge_yes_no(sample.response, scene, str(sample.meta["object"])))
 
 
-def exact_verdicts(sample: Sample) -> Verdicts:
+def exact_verdicts(sample: Sample, scene: Mapping[str, Any]) -> Verdicts:
     """The exact verdicts on ``sample`` by the judge of its task (``meta["task"]``, default caption)."""
-    scene_of(sample)  # a clear error when the ground truth is missing
-    return TASK_JUDGES.get(sample.meta.get("task", "caption"))(sample.response, sample.meta)
+    return TASK_JUDGES.get(sample.meta.get("task", "caption"))(sample, scene)
 
 
 def error_reward(v: Verdicts, omission_weight: float) -> float:
@@ -150,7 +149,7 @@ class ShapesErrors:
         self.omission_weight = omission_weight
 
     def verdicts(self, sample: Sample, scene: Mapping[str, Any]) -> Verdicts:
-        return exact_verdicts(sample)
+        return exact_verdicts(sample, scene)
 
     def score(self, samples: list[Sample]) -> RewardOutput:
         scenes = [scene_of(s) for s in samples]
@@ -178,7 +177,7 @@ class ShapesErrorsNoisy(ShapesErrors):
         self.noise, self.rate, self.seed = ERROR_NOISE.get(noise), rate, seed
 
     def verdicts(self, sample: Sample, scene: Mapping[str, Any]) -> Verdicts:
-        return self.noise(exact_verdicts(sample), self.rate, noise_stream(self.seed, sample, scene))
+        return self.noise(exact_verdicts(sample, scene), self.rate, noise_stream(self.seed, sample, scene))
 
 
 REWARD_SOURCES.register("shapes_errors")(ShapesErrors)
